@@ -1,10 +1,11 @@
-"""The `aftercare` command: one Click group, sub-commands live one module per area."""
+"""The `aftercare` command: one Click group; each area adds its sub-commands from its own module."""
 
 from __future__ import annotations
 
-import click
+from bot.cli import admin as _admin  # noqa: F401  (registers sub-commands)
+from bot.cli import dialogues as _dialogues  # noqa: F401
+from bot.cli import nlu as _nlu  # noqa: F401
+from bot.cli import run as _run  # noqa: F401
+from bot.cli.app import main
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Aftercare companion: run the bot and manage its data, content and NLU."""
+__all__ = ["main"]
