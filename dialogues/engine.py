@@ -1,0 +1,372 @@
+"""The dialogue engine: pure and deterministic.
+
+`start(flow, context, lang)` and `resume(session, input, flows, context)` return a `Step`: the
+new `Session` and the events for the host to apply. No I/O, no clock, no randomness, no
+Telegram; the same session, input, flows and context always give the same step.
+
+Buttons: each choice id is `<tag>.<button id>`, where the tag is a short hash of the flow, node
+and turn the question was asked on. A button from an old message or another flow (or a forged
+one) therefore does not match the waiting question and gets a gentle re-ask, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dialogues.errors import FlowLoopError, SessionError, UnknownFlowError
+from dialogues.events import (
+    Choice,
+    EndFlow,
+    Escalate,
+    Event,
+    NotifyWorker,
+    Say,
+    SetField,
+    SetLanguage,
+    SetStatus,
+    Wipe,
+)
+from dialogues.flow import Flow, FlowSource
+from dialogues.inputs import ChoiceInput, CommandInput, Input, TextInput, TimeoutInput
+from dialogues.spec import (
+    LANGUAGES,
+    AskNode,
+    BranchNode,
+    Button,
+    EndNode,
+    EscalateNode,
+    JumpNode,
+    LanguageNode,
+    NotifyNode,
+    SayNode,
+    SetNode,
+    StatusNode,
+    TriggersSpec,
+    WipeNode,
+)
+
+Context = Mapping[str, str | bool]
+"""Placeholder values (already formatted in her language and time zone) and flags such as
+`office_hours`, filled by the host."""
+
+MAX_STEPS = 200
+"""Steps one call may run without waiting for her; more means a loop the linter should catch."""
+
+SESSION_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where she is in a conversation. `node` is the question waiting for her answer, or None
+    when the flow has ended. `version` and `content_hash` pin the flow version it runs on."""
+
+    flow: str
+    version: int
+    content_hash: str
+    lang: str
+    node: str | None
+    turn: int = 0
+
+    @property
+    def waiting(self) -> bool:
+        """True while a question waits for her answer."""
+        return self.node is not None
+
+    def to_json(self) -> str:
+        """A compact JSON text (no message text in it, ever)."""
+        data = {"format": SESSION_FORMAT, **self.__dict__}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Session:
+        """The session `to_json` wrote; `SessionError` for anything else."""
+        try:
+            data: Any = json.loads(text)
+            if data.pop("format") != SESSION_FORMAT:
+                raise SessionError("session written in another format")
+            session = cls(**data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise SessionError("stored session is not readable") from None
+        texts = (session.flow, session.content_hash, session.lang)
+        numbers = (session.version, session.turn)
+        if not (
+            all(isinstance(value, str) for value in texts)
+            and all(isinstance(value, int) and not isinstance(value, bool) for value in numbers)
+            and isinstance(session.node, str | None)
+        ):
+            raise SessionError("stored session has fields of the wrong type")
+        return session
+
+
+@dataclass(frozen=True)
+class Step:
+    """The result of `start` or `resume`: the new session and the events, in order."""
+
+    session: Session
+    events: tuple[Event, ...]
+
+
+def start(
+    flow: Flow,
+    context: Context,
+    lang: str,
+    *,
+    flows: FlowSource | None = None,
+    node: str | None = None,
+    turn: int = 0,
+) -> Step:
+    """Start `flow` (at its start, or at `node`) and run it up to its first question or end.
+
+    `flows` is needed only when the flow jumps to another flow. Pass the previous session's
+    `turn` when one flow follows another, so that old buttons stay stale.
+    """
+    events: list[Event] = []
+    session = _run(flow, node or flow.spec.start, _language(lang), turn, context, flows, events)
+    return Step(session, tuple(events))
+
+
+def resume(session: Session, input: Input, flows: FlowSource, context: Context) -> Step:
+    """Feed her input to the session: a trigger may start another flow; otherwise the waiting
+    question takes the answer (or re-asks gently) and the flow runs on to its next question."""
+    triggers = flows.triggers()
+    flow = _current_flow(session, flows)
+    waiting = flow.node(session.node) if flow is not None and session.node else None
+    if not isinstance(waiting, SayNode | AskNode):
+        waiting = None
+
+    target = _trigger(session, input, triggers, waiting)
+    if target is not None:
+        flow_id, node = target
+        return start(
+            flows.active(flow_id), context, session.lang, flows=flows, node=node, turn=session.turn
+        )
+
+    if flow is None or waiting is None or session.node is None:
+        return _idle(session, input, triggers, flows, context)
+
+    events: list[Event] = []
+    if isinstance(input, TimeoutInput):
+        if waiting.timeout is None:
+            return Step(session, ())
+        new = _run(flow, waiting.timeout, session.lang, session.turn, context, flows, events)
+        return Step(new, tuple(events))
+
+    button = _chosen(session, flow, waiting, input)
+    if button is not None:
+        if isinstance(waiting, AskNode) and waiting.save_as:
+            events.append(SetField(waiting.save_as, button.value or button.id))
+        target_node = button.next or waiting.next
+    elif isinstance(waiting, AskNode) and isinstance(input, TextInput):
+        target_node = waiting.intents.get(input.intent or "") or waiting.otherwise
+    else:
+        target_node = None
+    if target_node is None:
+        return Step(session, (_reask(session, flow, waiting, input, triggers, context),))
+    new = _run(flow, target_node, session.lang, session.turn, context, flows, events)
+    return Step(new, tuple(events))
+
+
+def choice_id(flow: str, node: str, turn: int, button: str) -> str:
+    """The callback data of a button: `<tag>.<button id>`, at most 23 characters."""
+    tag = hashlib.sha256(f"{flow}:{node}:{turn}".encode()).hexdigest()[:6]
+    return f"{tag}.{button}"
+
+
+def _language(lang: str) -> str:
+    return lang if lang in LANGUAGES else LANGUAGES[0]
+
+
+def _current_flow(session: Session, flows: FlowSource) -> Flow | None:
+    if session.node is None:
+        return None
+    flow = flows.get(session.flow, session.version)
+    if flow.content_hash != session.content_hash:
+        raise SessionError(
+            f"flow {session.flow} v{session.version} changed under a running session"
+        )
+    return flow
+
+
+def _trigger(
+    session: Session, input: Input, triggers: TriggersSpec, waiting: SayNode | AskNode | None
+) -> tuple[str, str | None] | None:
+    """The (flow, node) a global trigger starts for this input, if any."""
+    running = session.flow if waiting is not None else None
+    if isinstance(input, CommandInput):
+        flow = triggers.commands.get(input.name.lower().lstrip("/"))
+        return (flow, None) if flow else None
+    if not isinstance(input, TextInput):
+        return None
+    if input.safety is not None:
+        for safety in triggers.safety:
+            category_fits = safety.category in (None, input.safety_category)
+            if safety.severity == input.safety and category_fits:
+                # Already in that flow: let its own question hear her out.
+                return None if safety.flow == running else (safety.flow, safety.node)
+    for trigger in triggers.intents:
+        if trigger.intent != input.intent or input.confidence < trigger.min_confidence:
+            continue
+        if waiting is not None:
+            handled = _handles(waiting, trigger.intent)
+            if trigger.when == "idle" or trigger.flow == running:
+                return None
+            if trigger.when == "unless_handled" and handled:
+                return None
+        return (trigger.flow, trigger.node)
+    return None
+
+
+def _handles(node: SayNode | AskNode, intent: str) -> bool:
+    if any(button.intent == intent for button in node.buttons):
+        return True
+    return isinstance(node, AskNode) and intent in node.intents
+
+
+def _chosen(session: Session, flow: Flow, node: SayNode | AskNode, input: Input) -> Button | None:
+    """The button her input picks: a valid choice id, the button's intent, or its label typed."""
+    assert session.node is not None
+    if isinstance(input, ChoiceInput):
+        for button in node.buttons:
+            if input.choice_id == choice_id(flow.id, session.node, session.turn, button.id):
+                return button
+        return None
+    if not isinstance(input, TextInput):
+        return None
+    for button in node.buttons:
+        if input.intent is not None and button.intent == input.intent:
+            return button
+    typed = _simplify(input.text)
+    lang = _flow_language(flow, session.lang)
+    for button in node.buttons:
+        if typed and typed == _simplify(button.label.get(lang, "")):
+            return button
+    return None
+
+
+def _simplify(text: str) -> str:
+    return re.sub(r"[^\w]+", " ", text.casefold()).strip()
+
+
+def _idle(
+    session: Session, input: Input, triggers: TriggersSpec, flows: FlowSource, context: Context
+) -> Step:
+    """Input while no question waits: an old button, an unknown command or text."""
+    if isinstance(input, TimeoutInput):
+        return Step(session, ())
+    events: list[Event] = []
+    if isinstance(input, ChoiceInput):
+        events.append(Say(_text(triggers.texts.stale_choice, session.lang, context)))
+    fallback = flows.active(triggers.not_understood)
+    step = start(fallback, context, session.lang, flows=flows, turn=session.turn)
+    return Step(step.session, (*events, *step.events))
+
+
+def _reask(
+    session: Session,
+    flow: Flow,
+    node: SayNode | AskNode,
+    input: Input,
+    triggers: TriggersSpec,
+    context: Context,
+) -> Say:
+    """A gentle re-ask: why, then the same question with the same buttons."""
+    lang = _flow_language(flow, session.lang)
+    if isinstance(input, ChoiceInput):
+        why = triggers.texts.stale_choice
+    else:
+        why = node.reask or triggers.texts.reask
+    assert session.node is not None
+    text = _text(why, lang, context) + "\n\n" + _text(node.text, lang, context)
+    return Say(text, _choices(flow, session.node, session.turn, node, lang))
+
+
+def _flow_language(flow: Flow, lang: str) -> str:
+    return lang if lang in flow.spec.languages else flow.spec.languages[0]
+
+
+def _choices(
+    flow: Flow, node_id: str, turn: int, node: SayNode | AskNode, lang: str
+) -> tuple[Choice, ...]:
+    return tuple(
+        Choice(choice_id(flow.id, node_id, turn, b.id), b.label.get(lang) or next(iter(b.label)))
+        for b in node.buttons
+    )
+
+
+class _Filler(string.Formatter):
+    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
+        value = kwargs.get(key, "")
+        return "" if isinstance(value, bool) else value
+
+
+_FILLER = _Filler()
+
+
+def _text(text: Mapping[str, str], lang: str, context: Context) -> str:
+    """The text in `lang` (else the first given), placeholders filled; an empty placeholder
+    leaves no stray space before punctuation."""
+    template = text.get(lang) or next(iter(text.values()))
+    filled = _FILLER.vformat(template, (), dict(context))
+    return re.sub(r"[ \t]+([,.!?])", r"\1", filled).strip()
+
+
+def _run(
+    flow: Flow,
+    node_id: str,
+    lang: str,
+    turn: int,
+    context: Context,
+    flows: FlowSource | None,
+    events: list[Event],
+) -> Session:
+    """Run nodes from `node_id`, appending events, until a question waits or the flow ends."""
+    for _ in range(MAX_STEPS):
+        node = flow.node(node_id)
+        nxt: str | None = None
+        flow_lang = _flow_language(flow, lang)
+        if isinstance(node, SayNode | AskNode):
+            if isinstance(node, AskNode) or node.buttons:
+                turn += 1
+                choices = _choices(flow, node_id, turn, node, flow_lang)
+                events.append(Say(_text(node.text, flow_lang, context), choices))
+                return Session(flow.id, flow.version, flow.content_hash, lang, node_id, turn)
+            events.append(Say(_text(node.text, flow_lang, context)))
+            nxt = node.next
+        elif isinstance(node, SetNode):
+            events += [SetField(name, value) for name, value in node.fields.items()]
+            nxt = node.next
+        elif isinstance(node, EscalateNode):
+            events.append(Escalate(node.severity, node.reason))
+            nxt = node.next
+        elif isinstance(node, NotifyNode):
+            events.append(NotifyWorker(node.reason))
+            nxt = node.next
+        elif isinstance(node, BranchNode):
+            nxt = node.then if context.get(node.flag) is True else node.else_
+        elif isinstance(node, JumpNode):
+            if node.flow is not None and node.flow != flow.id:
+                if flows is None:
+                    raise UnknownFlowError(f"flow {flow.id} jumps to {node.flow} without a source")
+                flow = flows.active(node.flow)
+            nxt = node.node or flow.spec.start
+        elif isinstance(node, WipeNode):
+            events.append(Wipe())
+            nxt = node.next
+        elif isinstance(node, LanguageNode):
+            lang = node.lang
+            events.append(SetLanguage(lang))
+            nxt = node.next
+        elif isinstance(node, StatusNode):
+            events.append(SetStatus(node.status))
+            nxt = node.next
+        if isinstance(node, EndNode) or nxt is None:
+            events.append(EndFlow(flow.id))
+            return Session(flow.id, flow.version, flow.content_hash, lang, None, turn)
+        node_id = nxt
+    raise FlowLoopError(f"flow {flow.id} ran {MAX_STEPS} steps without asking anything")
