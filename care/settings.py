@@ -136,6 +136,7 @@ class TelegramSettings(_Frozen):
     """The Telegram channel."""
 
     mode: Literal["polling", "webhook"] = "polling"
+    username: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
     base_url: str = "https://api.telegram.org/bot"
     webhook: WebhookSettings = WebhookSettings()
     rate_limits: RateLimits = RateLimits()

@@ -1,0 +1,169 @@
+"""Encryption at rest: keys, data keys, tampering, erasure, rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from care import directory
+from care.context import Care
+from care.crypto import (
+    Cipher,
+    add_master_key,
+    keyring_from_set,
+    load_keyring,
+    new_data_key,
+    new_key_set,
+    read_key_set,
+    write_key_file,
+)
+from care.errors import DecryptionError, KeysError
+from care.models import Client, WorkerRole
+from care.vault import Vault
+
+
+def test_tampered_ciphertext_raises_and_never_returns_garbage() -> None:
+    cipher = Cipher(new_data_key())
+    token = bytearray(cipher.encrypt("ik voel me niet veilig"))
+    token[40] ^= 0x01
+    with pytest.raises(DecryptionError):
+        cipher.decrypt(bytes(token))
+
+
+def test_same_text_encrypts_differently_each_time() -> None:
+    cipher = Cipher(new_data_key())
+    assert cipher.encrypt("hoi") != cipher.encrypt("hoi")
+
+
+def test_key_file_is_written_private(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "aftercare.keys"
+    write_key_file(path, new_key_set())
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_keyring(None, path).primary_id.startswith("m-")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"format": 1, "master_keys": [', "broken or truncated"),
+        ('{"format": 2, "master_keys": []}', "not a key set of format 1"),
+        ('{"format": 1, "master_keys": []}', "'master_keys' must be a non-empty list"),
+        (
+            '{"format": 1, "master_keys": [{"id": "m1", "key": "c2hvcnQ="}], "index_key": ""}',
+            "master key 'm1' is not a valid key",
+        ),
+    ],
+)
+def test_bad_key_sets_are_refused_naming_the_source(content: str, expected: str) -> None:
+    with pytest.raises(KeysError) as info:
+        read_key_set(content, "AFTERCARE_KEYS")
+    assert "AFTERCARE_KEYS" in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_truncated_index_key_is_refused() -> None:
+    key_set = new_key_set()
+    key_set["index_key"] = key_set["index_key"][:10]
+    with pytest.raises(KeysError, match="index_key"):
+        read_key_set(json.dumps(key_set), "AFTERCARE_KEYS")
+
+
+def test_missing_key_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(KeysError, match="AFTERCARE_KEYS_FILE"):
+        load_keyring(None, tmp_path / "none.keys")
+
+
+def test_error_messages_never_contain_key_material() -> None:
+    key_set = new_key_set()
+    secret = key_set["master_keys"][0]["key"]
+    key_set["master_keys"][0]["key"] = secret[:-3]
+    with pytest.raises(KeysError) as info:
+        read_key_set(json.dumps(key_set), "AFTERCARE_KEYS")
+    assert secret[:20] not in str(info.value)
+
+
+def test_wrong_master_key_is_reported_not_garbage(care_ctx: Care) -> None:
+    with care_ctx.sessions.begin() as session:
+        key = care_ctx.vault.new_key(session)
+        key_id = key.id
+    stranger = Vault(keyring_from_set(new_key_set(), "other keys"))
+    with care_ctx.sessions() as session, pytest.raises(KeysError, match="master key missing"):
+        stranger.cipher(session, key_id)
+
+
+def _client_with_note(care: Care, alias: str, note: str) -> tuple[int, bytes]:
+    with care.sessions.begin() as session:
+        directory.add_organisation(session, "Kompas")
+        issued = directory.add_worker(
+            session, care.vault, "Kompas", f"W-{alias}", WorkerRole.WORKER
+        )
+        worker = directory.get_worker(session, issued.name)
+        invited = directory.invite_client(session, care.vault, worker, alias=alias)
+        client = session.get(Client, invited.id)
+        assert client is not None
+        return client.id, care.vault.encrypt(session, client.data_key_id, note)
+
+
+def test_erasing_one_data_key_leaves_her_rows_unreadable_and_others_intact(care_ctx: Care) -> None:
+    with care_ctx.sessions.begin() as session:
+        directory.add_organisation(session, "Kompas")
+        directory.add_worker(session, care_ctx.vault, "Kompas", "Sanne")
+        worker = directory.get_worker(session, "Sanne")
+        a = directory.invite_client(session, care_ctx.vault, worker, alias="roos")
+        b = directory.invite_client(session, care_ctx.vault, worker, alias="maan")
+        ca, cb = session.get(Client, a.id), session.get(Client, b.id)
+        assert ca is not None and cb is not None
+        note_a = care_ctx.vault.encrypt(session, ca.data_key_id, "note for roos")
+        note_b = care_ctx.vault.encrypt(session, cb.data_key_id, "note for maan")
+        key_b = cb.data_key_id
+    with care_ctx.sessions.begin() as session:
+        client_a = session.get(Client, a.id)
+        assert client_a is not None
+        directory.erase_client(session, care_ctx.vault, client_a, "admin:test")
+    # A fresh vault, as after a restart: nothing cached.
+    fresh = Vault(care_ctx.keyring)
+    with care_ctx.sessions() as session:
+        erased = session.get(Client, a.id)
+        assert erased is not None and erased.data_key_id is None
+        with pytest.raises(DecryptionError, match="erased"):
+            fresh.decrypt(session, erased.data_key_id, note_a)
+        assert fresh.decrypt(session, key_b, note_b) == "note for maan"
+
+
+def test_rotation_then_removing_old_master_key_still_reads_everything(
+    care_ctx: Care, tmp_path: Path
+) -> None:
+    original = new_key_set()
+    care_ctx.vault = Vault(keyring_from_set(original, "keys v1"))
+    with care_ctx.sessions.begin() as session:
+        directory.add_organisation(session, "Kompas")
+        directory.add_worker(session, care_ctx.vault, "Kompas", "Sanne")
+        worker = directory.get_worker(session, "Sanne")
+        notes = {}
+        for alias in ("roos", "maan", "zon"):
+            issued = directory.invite_client(session, care_ctx.vault, worker, alias=alias)
+            client = session.get(Client, issued.id)
+            assert client is not None
+            notes[client.data_key_id] = care_ctx.vault.encrypt(
+                session, client.data_key_id, f"note {alias}"
+            )
+    rotated_set = add_master_key(original)
+    rotated = Vault(keyring_from_set(rotated_set, "keys v2"))
+    with care_ctx.sessions() as session:
+        assert rotated.keys_to_rotate(session) == 4  # three clients and the worker
+        # Interrupt after the first batch, then run again: both runs together do all.
+        assert rotated.rotate(session, batch_size=1, progress=None) == 4
+        assert rotated.rotate(session) == 0
+        assert rotated.master_keys_in_use(session) == {rotated.keyring.primary_id}
+    only_new = {**rotated_set, "master_keys": rotated_set["master_keys"][:1]}
+    reader = Vault(keyring_from_set(only_new, "keys v2 without the old master"))
+    with care_ctx.sessions() as session:
+        for key_id, token in notes.items():
+            assert reader.decrypt(session, key_id, token).startswith("note ")
+        aliases = session.scalars(select(Client.alias)).all()
+        assert sorted(aliases) == ["maan", "roos", "zon"]
