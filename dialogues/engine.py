@@ -60,6 +60,9 @@ MAX_STEPS = 200
 
 SESSION_FORMAT = 1
 
+MAX_SAVED_TEXT = 40
+"""A free-text answer saved as a field (an alias) is cut to this many characters."""
+
 
 @dataclass(frozen=True)
 class Session:
@@ -163,7 +166,12 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
             events.append(SetField(waiting.save_as, button.value or button.id))
         target_node = button.next or waiting.next
     elif isinstance(waiting, AskNode) and isinstance(input, TextInput):
-        target_node = waiting.intents.get(input.intent or "") or waiting.otherwise
+        target_node = waiting.intents.get(input.intent or "")
+        if target_node is None and waiting.otherwise and input.text.strip():
+            target_node = waiting.otherwise
+            if waiting.save_text_as:
+                answer = " ".join(input.text.split())[:MAX_SAVED_TEXT]
+                events.append(SetField(waiting.save_text_as, answer))
     else:
         target_node = None
     if target_node is None:
@@ -207,8 +215,14 @@ def _trigger(
         for safety in triggers.safety:
             category_fits = safety.category in (None, input.safety_category)
             if safety.severity == input.safety and category_fits:
-                # Already in that flow: let its own question hear her out.
-                return None if safety.flow == running else (safety.flow, safety.node)
+                # Already in that flow, or (for `high` only) the waiting question has its own
+                # path for this danger, which escalates: let the question hear her out.
+                if safety.flow == running:
+                    return None
+                category = input.safety_category
+                if input.safety == "high" and waiting and category and _handles(waiting, category):
+                    return None
+                return (safety.flow, safety.node)
     for trigger in triggers.intents:
         if trigger.intent != input.intent or input.confidence < trigger.min_confidence:
             continue
@@ -283,7 +297,7 @@ def _reask(
         why = node.reask or triggers.texts.reask
     assert session.node is not None
     text = _text(why, lang, context) + "\n\n" + _text(node.text, lang, context)
-    return Say(text, _choices(flow, session.node, session.turn, node, lang))
+    return Say(text, _choices(flow, session.node, session.turn, node, lang, context))
 
 
 def _flow_language(flow: Flow, lang: str) -> str:
@@ -291,10 +305,10 @@ def _flow_language(flow: Flow, lang: str) -> str:
 
 
 def _choices(
-    flow: Flow, node_id: str, turn: int, node: SayNode | AskNode, lang: str
+    flow: Flow, node_id: str, turn: int, node: SayNode | AskNode, lang: str, context: Context
 ) -> tuple[Choice, ...]:
     return tuple(
-        Choice(choice_id(flow.id, node_id, turn, b.id), b.label.get(lang) or next(iter(b.label)))
+        Choice(choice_id(flow.id, node_id, turn, b.id), _text(b.label, lang, context))
         for b in node.buttons
     )
 
@@ -333,7 +347,7 @@ def _run(
         if isinstance(node, SayNode | AskNode):
             if isinstance(node, AskNode) or node.buttons:
                 turn += 1
-                choices = _choices(flow, node_id, turn, node, flow_lang)
+                choices = _choices(flow, node_id, turn, node, flow_lang, context)
                 events.append(Say(_text(node.text, flow_lang, context), choices))
                 return Session(flow.id, flow.version, flow.content_hash, lang, node_id, turn)
             events.append(Say(_text(node.text, flow_lang, context)))

@@ -107,6 +107,9 @@ class AskNode(_Waiting):
     otherwise: Id | None = None
     next: Id | None = None
     save_as: Code | None = None
+    save_text_as: Code | None = None
+    """Save a free-text answer that went to `otherwise` (e.g. her alias); the host stores it
+    encrypted and never logs it."""
 
 
 class SetNode(_Model):

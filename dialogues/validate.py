@@ -143,6 +143,33 @@ def validate_dir(
     return Report(tuple(sorted(set(findings))), flows, triggers)
 
 
+def validate_file(
+    path: Path,
+    *,
+    known_intents: frozenset[str] | None = None,
+    context_dir: Path = CONTENT_DIR,
+    display_root: Path | None = None,
+) -> Report:
+    """Load and lint one file, with the flows and triggers of `context_dir` around it (so that
+    jumps to other flows can be checked); only the findings of this file are reported."""
+    name = _display(path, display_root)
+    context = validate_dir(context_dir, required_flows=())
+    triggers: LoadedTriggers | None
+    try:
+        if path.name == TRIGGERS_FILE:
+            triggers = load_triggers_file(path, name)
+            flows = dict(context.flows)
+        else:
+            loaded = load_flow_file(path, name)
+            triggers = context.triggers
+            flows = {**context.flows, loaded.spec.flow: loaded}
+    except ContentError as error:
+        return Report(error.findings)
+    findings = lint(flows, triggers, known_intents=known_intents, required_flows=())
+    mine = sorted({finding for finding in findings if finding.file == name})
+    return Report(tuple(mine), flows, triggers)
+
+
 def load_library(
     directory: Path = CONTENT_DIR, *, known_intents: frozenset[str] | None = None
 ) -> Library:

@@ -1,10 +1,283 @@
-"""`aftercare dialogues ...`: commands for content editors."""
+"""`aftercare dialogues ...`: commands for content editors.
+
+aftercare dialogues validate [PATH]      check flows: `file:line: message. Fix: ...`
+aftercare dialogues try FLOW [--lang en] chat with the working copy in the terminal
+aftercare dialogues graph FLOW           the flow as a Mermaid diagram
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
 from bot.cli.app import main
+from dialogues import (
+    CONTENT_DIR,
+    ChoiceInput,
+    CommandInput,
+    ContentError,
+    Context,
+    DialogueError,
+    EndFlow,
+    Escalate,
+    Event,
+    Input,
+    NotifyWorker,
+    Report,
+    Say,
+    SetField,
+    SetLanguage,
+    SetStatus,
+    Step,
+    TextInput,
+    TimeoutInput,
+    Wipe,
+    load_flow_file,
+    resume,
+    start,
+    validate_dir,
+)
+from dialogues.graph import to_mermaid
+from dialogues.validate import validate_file
+
+NLU_DATA_DIR = Path(__file__).resolve().parents[2] / "nlu" / "data"
 
 
 @main.group()
 def dialogues() -> None:
     """Check, try, publish and roll back the dialogue flows in dialogues/content/."""
+
+
+def known_intents() -> frozenset[str] | None:
+    """The intents the NLU training data defines (None if there is no training data)."""
+    try:
+        nlu: Any = importlib.import_module("nlu")
+        defined: Callable[[], frozenset[str]] | None = getattr(nlu, "defined_intents", None)
+        if defined is not None:
+            return frozenset(defined())
+    except ImportError:
+        pass
+    return _intents_from_files(NLU_DATA_DIR)
+
+
+def _intents_from_files(root: Path) -> frozenset[str] | None:
+    files = sorted(root.glob("*/*.yml"))
+    if not files:
+        return None
+    intents: set[str] = set()
+    yaml = YAML(typ="safe", pure=True)
+    for path in files:
+        try:
+            data = yaml.load(path.read_text(encoding="utf-8"))
+        except (OSError, YAMLError, UnicodeDecodeError):
+            continue
+        for item in (data or {}).get("nlu", []) if isinstance(data, dict) else []:
+            if isinstance(item, dict) and isinstance(item.get("intent"), str):
+                intents.add(item["intent"])
+    return frozenset(intents)
+
+
+def _print_report(report: Report, what: str) -> None:
+    for finding in report.findings:
+        click.echo(finding.format(), err=finding.is_error)
+    errors, warnings = len(report.errors), len(report.warnings)
+    click.echo(f"{what}: {errors} error(s), {warnings} warning(s)")
+
+
+@dialogues.command("validate")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def validate(path: Path | None) -> None:
+    """Check flow files (default: all of dialogues/content/) and list every problem.
+
+    Each problem is printed as `file:line: error|warning: message. Fix: ...`. Exits with 1 when
+    there are errors, 0 when there are only warnings or nothing.
+    """
+    target = path or CONTENT_DIR
+    intents = known_intents()
+    if target.is_file():
+        report = validate_file(target, known_intents=intents, display_root=Path.cwd())
+        _print_report(report, f"{target.name} checked")
+    else:
+        report = validate_dir(target, known_intents=intents, display_root=Path.cwd())
+        _print_report(report, f"{len(report.flows)} flow(s) checked")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def sample_context(lang: str, office_hours: bool) -> Context:
+    """Made-up values for trying flows in the terminal."""
+    time = "dinsdag 14 mei, 15:00" if lang == "nl" else "Tuesday 14 May, 15:00"
+    return {
+        "alias": "Sam",
+        "worker_name": "Noor",
+        "appointment_time": time,
+        "appointment_place": "Stationsstraat 12",
+        "org_name": "Team Noord",
+        "org_phone": "030 123 45 67",
+        "office_hours": office_hours,
+        "has_alias": True,
+        "has_appointment": True,
+    }
+
+
+def describe(event: Event) -> str:
+    """One line about an event for the terminal, e.g. `-> escalation: high, reason x`."""
+    if isinstance(event, Escalate):
+        return f"-> escalation: {event.severity}, reason {event.reason}"
+    if isinstance(event, NotifyWorker):
+        return f"-> notice to worker: {event.reason}"
+    if isinstance(event, SetField):
+        return f"-> field {event.name} = {event.value}"
+    if isinstance(event, EndFlow):
+        return f"-> end of flow {event.flow}"
+    if isinstance(event, Wipe):
+        return "-> wipe her data and the chat"
+    if isinstance(event, SetLanguage):
+        return f"-> language: {event.lang}"
+    if isinstance(event, SetStatus):
+        return f"-> status: {event.status}"
+    lines = [f"bot> {line}" for line in event.text.splitlines()]
+    lines += [f"  [{n}] {choice.label}" for n, choice in enumerate(event.choices, start=1)]
+    return "\n".join(lines)
+
+
+TRY_HELP = (
+    "Type a message, a button number, /command, #intent (pretend the NLU found it), "
+    "!critical or !high[:category] (a safety signal), /timeout, or /quit."
+)
+
+
+def _understander(lang_hint: str) -> Callable[[str, str], TextInput] | None:
+    """Live NLU from `nlu.build_nlu` when the nlu package has it, else None."""
+    try:
+        nlu: Any = importlib.import_module("nlu")
+        build, config = getattr(nlu, "build_nlu", None), getattr(nlu, "NluConfig", None)
+        if build is None or config is None:
+            return None
+        engine = build(config())
+    except Exception:  # any failure to build it means: try without live NLU
+        return None
+
+    def understand(text: str, lang: str) -> TextInput:
+        found = asyncio.run(engine.understand(text, lang))
+        safety = found.safety
+        return TextInput(
+            text,
+            intent=found.result.intent,
+            confidence=found.result.confidence,
+            safety=safety.severity,
+            safety_category=safety.category,
+        )
+
+    return understand
+
+
+def parse_try_line(
+    line: str, last: Say | None, understand: Callable[[str, str], TextInput] | None, lang: str
+) -> Input | None:
+    """What a line typed in `try` means; None when it means nothing."""
+    text = line.strip()
+    if not text:
+        return None
+    if text.isdigit() and last is not None:
+        number = int(text)
+        if 1 <= number <= len(last.choices):
+            return ChoiceInput(last.choices[number - 1].id)
+        return ChoiceInput(f"forged.{text}")
+    if text == "/timeout":
+        return TimeoutInput()
+    if text.startswith("/"):
+        return CommandInput(text[1:].split()[0] if text[1:] else "")
+    if text.startswith("#"):
+        return TextInput("", intent=text[1:].strip(), confidence=1.0)
+    if text.startswith("!"):
+        severity, _, category = text[1:].partition(":")
+        if severity in ("critical", "high"):
+            return TextInput("", safety=severity, safety_category=category or None)  # type: ignore[arg-type]
+    if understand is not None:
+        found = understand(text, lang)
+        click.echo(
+            f"   (nlu: {found.intent} {found.confidence:.2f}"
+            + (f"; safety {found.safety} {found.safety_category}" if found.safety else "")
+            + ")"
+        )
+        return found
+    return TextInput(text)
+
+
+@dialogues.command("try")
+@click.argument("flow")
+@click.option("--lang", type=click.Choice(["nl", "en"]), default="nl", show_default=True)
+@click.option("--after-hours", is_flag=True, help="Pretend it is outside office hours.")
+@click.option("--no-nlu", is_flag=True, help="Do not load the NLU; use #intent instead.")
+def try_flow(flow: str, lang: str, after_hours: bool, no_nlu: bool) -> None:
+    """Chat with the working copy of FLOW in the terminal, showing every event."""
+    report = validate_dir(CONTENT_DIR, known_intents=known_intents(), display_root=Path.cwd())
+    if not report.ok:
+        _print_report(report, "the working copy has errors")
+        raise SystemExit(1)
+    library = report.library()
+    if flow not in library.flows:
+        raise click.UsageError(f"no flow '{flow}'; there are: {', '.join(sorted(library.flows))}")
+    understand = None if no_nlu else _understander(lang)
+    click.echo(TRY_HELP + ("" if understand else " (No live NLU: use #intent.)"))
+    context = sample_context(lang, office_hours=not after_hours)
+    try:
+        step = start(library.active(flow), context, lang, flows=library)
+    except DialogueError as error:
+        raise click.ClickException(str(error)) from None
+    last = _show(step)
+    while True:
+        try:
+            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            break
+        if line.strip() == "/quit":
+            break
+        input = parse_try_line(line, last, understand, step.session.lang)
+        if input is None:
+            continue
+        try:
+            step = resume(step.session, input, library, context)
+        except DialogueError as error:
+            raise click.ClickException(str(error)) from None
+        last = _show(step) or last
+
+
+def _show(step: Step) -> Say | None:
+    last = None
+    for event in step.events:
+        click.echo(describe(event))
+        if isinstance(event, Say) and event.choices:
+            last = event
+    return last
+
+
+@dialogues.command("graph")
+@click.argument("flow")
+@click.option("--lang", type=click.Choice(["nl", "en"]), default="nl", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write to this file.")
+def graph(flow: str, lang: str, output: Path | None) -> None:
+    """Print FLOW as a Mermaid flowchart (paste it into any Mermaid viewer)."""
+    path = CONTENT_DIR / f"{flow}.yml"
+    if not path.is_file():
+        raise click.UsageError(f"no flow file {path.name} in {CONTENT_DIR}")
+    try:
+        loaded = load_flow_file(path, path.name)
+    except ContentError as error:
+        for finding in error.findings:
+            click.echo(finding.format(), err=True)
+        raise SystemExit(1) from None
+    text = to_mermaid(loaded.spec, lang)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
