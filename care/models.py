@@ -15,17 +15,21 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
+    Unicode,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -433,3 +437,55 @@ class FlowVersion(Base):
     published_at: Mapped[datetime] = mapped_column(default=utcnow)
     note: Mapped[str | None] = mapped_column(String(500))
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# --- Reminders and the outbox sender --------------------------------------------------------
+
+# The outbox sender claims only the oldest unsent row of each recipient (order per chat); this
+# index makes that look-up cheap when thousands of rows are due at once.
+Index(
+    "ix_outbox_recipient",
+    OutboxMessage.recipient_kind,
+    OutboxMessage.recipient_id,
+    OutboxMessage.status,
+)
+
+
+class SchedulerLock(Base):
+    """A lease on running the scheduler (SQLite; PostgreSQL uses an advisory lock).
+
+    The holder renews `expires_at` with a heartbeat; another process may take the lease
+    over only after it expired.
+    """
+
+    __tablename__ = "scheduler_locks"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(80))
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class SkippedSend(Base):
+    """A reminder, check-in or message that was not sent, and why; her worker can see these."""
+
+    __tablename__ = "skipped_sends"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    due_at: Mapped[datetime | None] = mapped_column()
+    ref: Mapped[str | None] = mapped_column(String(80))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The job table of APScheduler's SQLAlchemyJobStore, declared here so that migrations own it
+# and reminders can write a job in the same transaction as the appointment it belongs to.
+scheduler_jobs = Table(
+    "scheduler_jobs",
+    Base.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
