@@ -162,11 +162,12 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
 
     button = _chosen(session, flow, waiting, input)
     if button is not None:
-        if isinstance(waiting, AskNode) and waiting.save_as:
-            events.append(SetField(waiting.save_as, button.value or button.id))
+        if isinstance(waiting, AskNode) and waiting.save_as and button.value is not None:
+            events.append(SetField(waiting.save_as, button.value))
         target_node = button.next or waiting.next
     elif isinstance(waiting, AskNode) and isinstance(input, TextInput):
-        target_node = waiting.intents.get(input.intent or "")
+        routed = [waiting.intents[i] for i in _meanings(input) if i in waiting.intents]
+        target_node = routed[0] if routed else None
         if target_node is None and waiting.otherwise and input.text.strip():
             target_node = waiting.otherwise
             if waiting.save_text_as:
@@ -252,15 +253,22 @@ def _chosen(session: Session, flow: Flow, node: SayNode | AskNode, input: Input)
         return None
     if not isinstance(input, TextInput):
         return None
-    for button in node.buttons:
-        if input.intent is not None and button.intent == input.intent:
-            return button
+    for meaning in _meanings(input):
+        for button in node.buttons:
+            if button.intent == meaning:
+                return button
     typed = _simplify(input.text)
     lang = _flow_language(flow, session.lang)
     for button in node.buttons:
         if typed and typed == _simplify(button.label.get(lang, "")):
             return button
     return None
+
+
+def _meanings(input: TextInput) -> list[str]:
+    """What her text means, most specific first: the NLU intent, then the danger category the
+    safety lexicon found (so a question with a path for that danger hears it)."""
+    return [m for m in (input.intent, input.safety_category) if m]
 
 
 def _simplify(text: str) -> str:

@@ -76,7 +76,11 @@ class _Model(BaseModel):
 
 
 class Button(_Model):
-    """A button under a question. Its `id` goes into the callback data, never its label."""
+    """A button under a question. Its `id` goes into the callback data, never its label.
+
+    `value` is what the question's `save_as` field gets when she picks it (no value: nothing
+    is saved); `intent` lets a typed answer with that NLU intent count as this button.
+    """
 
     id: ButtonId
     label: Label
