@@ -379,7 +379,7 @@ def _lint_node(
                         source.finding(
                             path,
                             f"the intent '{intent}' is not defined in nlu/data",
-                            "use a defined intent (`aftercare nlu intents`), or add examples "
+                            "use an intent that nlu/data defines, or add examples "
                             "for it to nlu/data first",
                         )
                     )
