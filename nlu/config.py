@@ -37,6 +37,8 @@ class NluConfig:
     rasa_url: str = DEFAULT_RASA_URL
     rasa_token: str | None = None
     rasa_timeout_s: float = 1.5
+    #: After Rasa failed, the embedded fallback answers for this long before Rasa is tried again.
+    rasa_retry_s: float = 15.0
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     @property

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 MODEL_VERSION = "1"
 #: A chat message says what it means early on; 10,000 characters need not all be read.
 MAX_CHARS = 1_000
-_TOKEN_PATTERN = r"(?u)[^\W_]+|[^\w\s]"
+_WORDS_AND_SYMBOLS = r"(?u)[^\W_]+|[^\w\s]"
 
 
 def prepare(text: str) -> str:
@@ -49,7 +49,7 @@ def _pipeline() -> Pipeline:
                 "words",
                 TfidfVectorizer(
                     preprocessor=prepare,
-                    token_pattern=_TOKEN_PATTERN,
+                    token_pattern=_WORDS_AND_SYMBOLS,
                     ngram_range=(1, 2),
                     sublinear_tf=True,
                 ),

@@ -12,8 +12,8 @@ Text and phrases are cleaned the same way (see `nlu.text`): case, accents, invis
 characters and repeated letters do not matter, and chat spellings are rewritten first
 ("kwil" -> "ik wil", "im" -> "i am"). Between two words of a phrase at most `max_gap` other
 words may stand, never a negation; a negation just before the phrase ("ik ben niet bang")
-cancels it unless the entry says `negatable: false`, and so does a trailing negation
-("hij is hier niet") for languages that list `trailing_negations`. Clauses (split on punctuation and on
+cancels it unless the entry says `negatable: false`, and so does a trailing negation ("hij is
+hier niet") in languages that list `trailing_negations`. Clauses (split on punctuation and on
 "maar"/"but") are matched separately, so a negation never reaches into the next clause.
 """
 
@@ -169,7 +169,7 @@ class SafetyLexicon:
         for spec in phrase.specs[1:]:
             for step in range(1, self.max_gap + 2):
                 index = position + step
-                if index >= len(tokens) or tokens[index - 1] in self._negations and step > 1:
+                if index >= len(tokens) or (step > 1 and tokens[index - 1] in self._negations):
                     return False
                 if spec in specs_at[index]:
                     position = index
@@ -177,7 +177,8 @@ class SafetyLexicon:
             else:
                 return False
         after = position + 1
-        return not (phrase.entry.negatable and after < len(tokens) and tokens[after] in self._trailing)
+        negated_after = after < len(tokens) and tokens[after] in self._trailing
+        return not (phrase.entry.negatable and negated_after)
 
     def _specs_of(self, token: str) -> frozenset[str]:
         cached = self._token_cache.get(token)

@@ -1,0 +1,230 @@
+"""The separate Rasa 3.6 environment: find it, train NLU-only models in it, run its server.
+
+Rasa needs Python < 3.11 and pins SQLAlchemy < 1.5 and APScheduler < 3.10, so it lives in its
+own virtualenv outside the checkout (`make rasa`, nlu/rasa/make_env.sh), by default
+~/.cache/aftercare/rasa-3.6.21 (AFTERCARE_RASA_VENV overrides). This module only starts
+processes in it; it never imports Rasa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from ruamel.yaml import YAML
+
+from nlu.data import DATA_DIR, load_training_data
+from nlu.errors import RasaEnvironmentError
+
+RASA_VERSION = "3.6.21"
+RASA_DIR = Path(__file__).resolve().parent / "rasa"
+PIPELINE_CONFIG = RASA_DIR / "config.yml"
+MARKER = ".aftercare-rasa-complete"
+
+LineSink = Callable[[str], None]
+
+
+def rasa_venv() -> Path:
+    """Where the Rasa environment lives: $AFTERCARE_RASA_VENV or ~/.cache/aftercare/rasa-3.6.21."""
+    configured = os.environ.get("AFTERCARE_RASA_VENV")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "aftercare" / f"rasa-{RASA_VERSION}"
+
+
+def rasa_ready() -> bool:
+    """True when `make rasa` finished for the environment `rasa_venv()` names."""
+    venv = rasa_venv()
+    return (venv / MARKER).is_file() and (venv / "bin" / "rasa").is_file()
+
+
+def rasa_bin(name: str = "rasa") -> Path:
+    """A program in the Rasa environment; RasaEnvironmentError says how to make it if missing."""
+    if not rasa_ready():
+        raise RasaEnvironmentError(
+            f"The Rasa {RASA_VERSION} environment is missing at {rasa_venv()}. "
+            "Create it with 'make rasa' (it needs Python 3.10 and takes a few minutes)."
+        )
+    return rasa_venv() / "bin" / name
+
+
+def rasa_process_env() -> dict[str, str]:
+    """Environment for Rasa processes: no telemetry (no internet here), quiet TensorFlow."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "RASA_TELEMETRY_ENABLED": "false",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+            "PYTHONWARNINGS": "ignore",
+            "LOG_LEVEL_LIBRARIES": "ERROR",
+        }
+    )
+    return env
+
+
+def pipeline_config(lang: str) -> str:
+    """nlu/rasa/config.yml with `language` set to `lang`, as YAML text."""
+    yaml = YAML(typ="safe", pure=True)
+    config = yaml.load(PIPELINE_CONFIG.read_text("utf-8"))
+    config["language"] = lang
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, chunk: str) -> None:
+            lines.append(chunk)
+
+    YAML(typ="safe", pure=True).dump(config, _Sink())
+    return "".join(lines)
+
+
+def model_path(lang: str, cache_dir: Path, data_dir: Path = DATA_DIR) -> Path:
+    """The cached Rasa model for this language's data, pipeline and Rasa version."""
+    digest = hashlib.sha256()
+    digest.update(load_training_data(lang, data_dir).digest.encode())
+    digest.update(pipeline_config(lang).encode())
+    digest.update(RASA_VERSION.encode())
+    return cache_dir / "rasa" / f"nlu-{lang}-{digest.hexdigest()[:16]}.tar.gz"
+
+
+def train_model(
+    lang: str, cache_dir: Path, on_line: LineSink | None = None, data_dir: Path = DATA_DIR
+) -> Path:
+    """Train an NLU-only Rasa model for `lang` (or reuse the cached one); return its path."""
+    target = model_path(lang, cache_dir, data_dir)
+    if target.is_file():
+        return target
+    rasa = rasa_bin()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aftercare-rasa-") as work:
+        config = Path(work) / "config.yml"
+        config.write_text(pipeline_config(lang), "utf-8")
+        command = [
+            str(rasa), "train", "nlu",
+            "--nlu", str(data_dir / lang),
+            "--config", str(config),
+            "--out", str(Path(work) / "models"),
+            "--fixed-model-name", target.name.removesuffix(".tar.gz"),
+        ]  # fmt: skip
+        run_streaming(command, Path(work), on_line)
+        produced = Path(work) / "models" / target.name
+        if not produced.is_file():
+            raise RasaEnvironmentError(f"Rasa finished but wrote no model for '{lang}'.")
+        shutil.move(str(produced), target)
+    return target
+
+
+def run_streaming(command: list[str], cwd: Path, on_line: LineSink | None) -> None:
+    """Run a Rasa command, passing each output line to `on_line`; raise if it fails."""
+    with subprocess.Popen(  # noqa: S603  (our own fixed command line)
+        command,
+        cwd=cwd,
+        env=rasa_process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as process:
+        assert process.stdout is not None
+        tail: list[str] = []
+        for line in process.stdout:
+            tail = [*tail[-19:], line.rstrip()]
+            if on_line is not None:
+                on_line(line.rstrip())
+        code = process.wait()
+    if code != 0:
+        raise RasaEnvironmentError(
+            f"'rasa {command[1]}' failed with exit code {code}. Its last lines:\n" + "\n".join(tail)
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RasaServer:
+    """One `rasa run --enable-api` process on 127.0.0.1, for tests, evaluation and serve.sh."""
+
+    def __init__(self, model: Path, port: int, token: str, log_file: Path | None = None) -> None:
+        self.model = model
+        self.port = port
+        self.token = token
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start the server and wait until `/version` answers; raise if it does not in time."""
+        command = [
+            str(rasa_bin()), "run", "--enable-api",
+            "--auth-token", self.token,
+            "--model", str(self.model),
+            "--interface", "127.0.0.1",
+            "--port", str(self.port),
+        ]  # fmt: skip
+        self._workdir = tempfile.TemporaryDirectory(prefix="aftercare-rasa-run-")
+        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
+            command, cwd=self._workdir.name, env=rasa_process_env(), stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self.stop()
+                raise RasaEnvironmentError(f"The Rasa server on port {self.port} exited early.")
+            try:
+                if httpx.get(
+                    self.url + "/status", params={"token": self.token}, timeout=2
+                ).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RasaEnvironmentError(f"The Rasa server on port {self.port} did not start in time.")
+
+    def stop(self) -> None:
+        """Stop the server (politely, then firmly) and remove its working folder."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=15)
+        self._process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> RasaServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def rasa_server(model: Path, token: str, port: int | None = None) -> Iterator[RasaServer]:
+    """A running Rasa server for `model` on a free port; stopped on exit."""
+    server = RasaServer(model, port or free_port(), token)
+    with server:
+        yield server
