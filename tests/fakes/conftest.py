@@ -6,4 +6,4 @@ import os
 # filterwarnings=error would turn building RetryAfter into a PTBDeprecationWarning.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-from tests.fakes.fixtures import fake_telegram  # noqa: E402, F401
+from tests.fakes.fixtures import fake_telegram  # noqa: F401

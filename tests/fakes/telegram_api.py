@@ -101,7 +101,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -1795,7 +1795,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         fake = self.server.fake
-        path, _, query = self.path.partition("?")
+        raw_path, _, query = self.path.partition("?")
+        path = unquote(raw_path)  # PTB quotes file paths, and with them the token's colon
         if path.startswith("/file/bot"):
             token, _, file_path = path.removeprefix("/file/bot").partition("/")
             self._write(fake._serve_file(token, file_path))
