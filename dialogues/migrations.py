@@ -75,8 +75,24 @@ def rename_escalation_level_to_severity(document: Document) -> None:
     for node in _nodes(document):
         if node.get("kind") != "escalate" or "level" not in node:
             continue
-        level = node.pop("level")
-        node["severity"] = _LEVEL_TO_SEVERITY.get(level, level) if isinstance(level, str) else level
+        level = node["level"]
+        severity = _LEVEL_TO_SEVERITY.get(level, level) if isinstance(level, str) else level
+        _rename(node, "level", "severity", severity)
+
+
+def _rename(mapping: MutableMapping[str, Any], old: str, new: str, value: Any) -> None:
+    """Replace key `old` by `new` in the same place, keeping its line for error messages."""
+    keys = list(mapping)
+    position = keys.index(old)
+    lines = getattr(getattr(mapping, "lc", None), "data", None)
+    where = lines.get(old) if isinstance(lines, dict) else None
+    del mapping[old]
+    if hasattr(mapping, "insert"):
+        mapping.insert(position, new, value)
+    else:
+        mapping[new] = value
+    if where is not None and isinstance(lines, dict):
+        lines[new] = where
 
 
 def migrate(document: Document) -> list[int]:

@@ -1,0 +1,189 @@
+"""The engine: pure, deterministic, JSON sessions pinned to a flow version, stale buttons
+re-asked, never a crash for anything she sends."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dialogues import (
+    CONTENT_DIR,
+    ChoiceInput,
+    CommandInput,
+    Escalate,
+    Flow,
+    Input,
+    Library,
+    Say,
+    Session,
+    SessionError,
+    TextInput,
+    TimeoutInput,
+    event_from_dict,
+    event_to_dict,
+    load_flow_text,
+    load_library,
+    resume,
+    start,
+)
+
+CONTEXT = {"alias": "Sam", "worker_name": "Noor", "office_hours": True, "org_phone": "030 1"}
+
+
+@functools.cache
+def _library() -> Library:
+    return load_library()
+
+
+@pytest.fixture
+def library() -> Library:
+    return _library()
+
+
+def _first_choice(events: tuple[object, ...], button: str) -> str:
+    for event in reversed(events):
+        if isinstance(event, Say):
+            for choice in event.choices:
+                if choice.id.endswith("." + button):
+                    return choice.id
+    raise AssertionError(f"no button {button}")
+
+
+def test_the_same_input_always_gives_the_same_step(library: Library) -> None:
+    first = start(library.active("checkin"), CONTEXT, "nl", flows=library)
+    again = start(library.active("checkin"), CONTEXT, "nl", flows=library)
+    assert first == again
+    choice = ChoiceInput(_first_choice(first.events, "bad"))
+    assert resume(first.session, choice, library, CONTEXT) == resume(
+        again.session, choice, library, CONTEXT
+    )
+
+
+def test_a_session_survives_json_and_names_its_flow_version(library: Library) -> None:
+    step = start(library.active("checkin"), CONTEXT, "en", flows=library)
+    data = json.loads(step.session.to_json())
+    assert data["flow"] == "checkin"
+    assert data["version"] == 0
+    assert data["content_hash"] == library.active("checkin").content_hash
+    assert Session.from_json(step.session.to_json()) == step.session
+    assert "How are you" not in step.session.to_json()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{}",
+        "[]",
+        '{"format": 1}',
+        '{"format": 2, "flow": "x"}',
+        "not json",
+        '{"format": 1, '
+        '"flow": 1, "version": "1", "content_hash": "", "lang": "nl", "node": null, "turn": 0}',
+    ],
+)
+def test_an_unreadable_session_is_a_session_error(text: str) -> None:
+    with pytest.raises(SessionError):
+        Session.from_json(text)
+
+
+def test_button_ids_are_short_and_never_carry_text(library: Library) -> None:
+    step = start(library.active("appointment_reminder"), CONTEXT, "nl", flows=library)
+    (say,) = step.events
+    assert isinstance(say, Say)
+    for choice in say.choices:
+        assert len(choice.id.encode()) <= 64
+        assert choice.label.split()[-1].lower() not in choice.id
+
+
+def test_a_button_of_another_flow_with_the_same_id_is_stale(library: Library) -> None:
+    wipe = start(library.active("wipe"), CONTEXT, "nl", flows=library)
+    wipe_yes = _first_choice(wipe.events, "yes")
+    checkin = start(library.active("checkin"), CONTEXT, "nl", flows=library)
+    step = resume(
+        checkin.session, ChoiceInput(_first_choice(checkin.events, "good")), library, CONTEXT
+    )
+    after = resume(step.session, ChoiceInput(wipe_yes), library, CONTEXT)
+    assert after.session == step.session
+    (say,) = after.events
+    assert isinstance(say, Say)
+    assert say.text.startswith("Die knop hoort bij een eerder bericht.")
+    assert not any(type(event).__name__ == "Wipe" for event in after.events)
+
+
+def test_a_running_conversation_keeps_its_version(library: Library) -> None:
+    old = library.active("checkin")
+    step = start(old, CONTEXT, "nl", flows=library)
+    text = (
+        (CONTENT_DIR / "checkin.yml")
+        .read_text(encoding="utf-8")
+        .replace("Fijn om te horen!", "Wat fijn!")
+    )
+    loaded = load_flow_text(text, "checkin.yml")
+    newer = Flow(loaded.spec, loaded.content_hash, version=2)
+    pinned = Library({**library.flows, "checkin": newer}, library.triggers(), {("checkin", 0): old})
+    running = resume(step.session, ChoiceInput(_first_choice(step.events, "good")), pinned, CONTEXT)
+    assert any(isinstance(e, Say) and e.text == "Fijn om te horen! 😊" for e in running.events)
+    fresh = start(pinned.active("checkin"), CONTEXT, "nl", flows=pinned)
+    fresh = resume(fresh.session, ChoiceInput(_first_choice(fresh.events, "good")), pinned, CONTEXT)
+    assert any(isinstance(e, Say) and e.text == "Wat fijn! 😊" for e in fresh.events)
+    assert fresh.session.version == 2
+
+
+def test_a_session_whose_flow_changed_under_it_is_refused(library: Library) -> None:
+    step = start(library.active("checkin"), CONTEXT, "nl", flows=library)
+    forged = replace(step.session, content_hash="0" * 64)
+    with pytest.raises(SessionError):
+        resume(forged, TimeoutInput(), library, CONTEXT)
+
+
+def test_an_empty_placeholder_leaves_no_stray_space(library: Library) -> None:
+    step = start(library.active("checkin"), {"worker_name": "Noor"}, "nl", flows=library)
+    assert isinstance(step.events[0], Say)
+    assert step.events[0].text == "Hoi! Hoe gaat het vandaag?"
+
+
+def test_an_unknown_language_falls_back_to_dutch(library: Library) -> None:
+    step = start(library.active("checkin"), CONTEXT, "fr", flows=library)
+    assert step.session.lang == "nl"
+
+
+def test_events_round_trip_through_dicts(library: Library) -> None:
+    step = start(library.active("crisis"), CONTEXT, "en", flows=library)
+    assert any(isinstance(e, Escalate) and e.severity == "critical" for e in step.events)
+    for event in step.events:
+        assert event_from_dict(json.loads(json.dumps(event_to_dict(event)))) == event
+
+
+inputs = st.one_of(
+    st.builds(ChoiceInput, st.text(max_size=70)),
+    st.builds(
+        TextInput,
+        st.text(max_size=200),
+        st.one_of(st.none(), st.sampled_from(["confirm", "deny", "stop", "danger_now", "x"])),
+        st.floats(0, 1),
+        st.one_of(st.none(), st.sampled_from(["critical", "high"])),
+        st.one_of(st.none(), st.sampled_from(["self_harm", "feel_unsafe", "other"])),
+    ),
+    st.builds(CommandInput, st.text(max_size=20)),
+    st.just(TimeoutInput()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    flow=st.sampled_from(["checkin", "onboarding", "help", "stop", "fallback"]),
+    seq=st.lists(inputs, max_size=6),
+)
+def test_no_input_sequence_crashes_or_goes_silent(flow: str, seq: list[Input]) -> None:
+    library = _library()
+    step = start(library.active(flow), CONTEXT, "nl", flows=library)
+    for item in seq:
+        step = resume(step.session, item, library, CONTEXT)
+        if not isinstance(item, TimeoutInput):
+            assert any(isinstance(event, Say) for event in step.events), item
