@@ -15,6 +15,7 @@ from dialogues import (
     CONTENT_DIR,
     ChoiceInput,
     CommandInput,
+    Context,
     Escalate,
     Flow,
     Input,
@@ -32,7 +33,12 @@ from dialogues import (
     start,
 )
 
-CONTEXT = {"alias": "Sam", "worker_name": "Noor", "office_hours": True, "org_phone": "030 1"}
+CONTEXT: Context = {
+    "alias": "Sam",
+    "worker_name": "Noor",
+    "office_hours": True,
+    "org_phone": "030 1",
+}
 
 
 @functools.cache
