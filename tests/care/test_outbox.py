@@ -1,0 +1,439 @@
+"""The outbox sender: priority, order per person, exactly once, limits, faults and recovery.
+
+Every test runs on SQLite and PostgreSQL (`care_ctx`). The channel is a fake that records what
+it was asked to deliver and raises scripted channel errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from care.clock import FakeClock
+from care.context import Care
+from care.directory import erase_client
+from care.models import (
+    ChatMessage,
+    Client,
+    OutboxMessage,
+    OutboxPriority,
+    OutboxStatus,
+    Worker,
+)
+from care.outbox import (
+    IN_FLIGHT,
+    UNCONFIRMED,
+    MaybeDelivered,
+    OutboxSender,
+    PermanentError,
+    RateLimited,
+    SenderOptions,
+    TransientError,
+    Unreachable,
+    enqueue,
+    skipped_sends,
+)
+from care.settings import RateLimits
+from tests.reminders.helpers import FakeChannel, People, make_people
+
+FAST = SenderOptions(poll_seconds=0.05, backoff_base_seconds=0.05, claim_seconds=5)
+
+
+def fast_limits(care: Care, per_chat: float = 30.0, overall: float = 200.0) -> None:
+    """Raise the rate limits so that tests about other things run quickly."""
+    telegram = care.settings.telegram.model_copy(
+        update={"rate_limits": RateLimits(per_chat_per_second=per_chat, overall_per_second=overall)}
+    )
+    care.settings = care.settings.model_copy(update={"telegram": telegram})
+
+
+def put(
+    care: Care,
+    to: tuple[str, int],
+    text: str,
+    priority: OutboxPriority = OutboxPriority.REPLY,
+    **kwargs: object,
+) -> int:
+    """Enqueue a text message and commit; returns the outbox id."""
+    with care.sessions() as session, session.begin():
+        person: Client | Worker | None = (
+            session.get(Client, to[1]) if to[0] == "client" else session.get(Worker, to[1])
+        )
+        assert person is not None
+        row = enqueue(
+            session,
+            care.vault,
+            person,
+            {"type": "text", "text": text},
+            kind="test",
+            priority=priority,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        return row.id
+
+
+def row(care: Care, row_id: int) -> OutboxMessage:
+    with care.sessions() as session:
+        found = session.get(OutboxMessage, row_id)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+def people(care_ctx: Care) -> People:
+    return make_people(care_ctx, clients=4)
+
+
+async def run_until_idle(sender: OutboxSender, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Run the sender until no row is pending or being sent (retries included)."""
+    await sender.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            assert await sender.idle(timeout), "the sender did not finish in time"
+            with sender.care.sessions() as session:
+                open_rows = session.scalars(
+                    select(OutboxMessage.id).where(
+                        OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING))
+                    )
+                ).all()
+            if not open_rows:
+                return
+            assert time.monotonic() < deadline, "rows were left unsent"
+            await asyncio.sleep(0.05)
+    finally:
+        await sender.stop(flush=False)
+
+
+async def test_critical_then_replies_then_notices_then_reminders(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    c = people.client_ids
+    reminder = put(care_ctx, ("client", c[0]), "reminder", OutboxPriority.REMINDER)
+    notice = put(care_ctx, ("worker", people.worker_id), "notice", OutboxPriority.NOTICE)
+    reply = put(care_ctx, ("client", c[1]), "reply", OutboxPriority.REPLY)
+    critical = put(care_ctx, ("client", c[2]), "alert", OutboxPriority.CRITICAL)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(max_in_flight=1))
+    await run_until_idle(sender)
+    assert channel.delivered_ids() == [critical, reply, notice, reminder]
+    assert [m.critical for _, m in channel.deliveries] == [True, False, False, False]
+
+
+async def test_each_row_is_sent_once_and_recorded(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    to_client = put(care_ctx, ("client", people.client_ids[0]), "hoi")
+    to_worker = put(care_ctx, ("worker", people.worker_id), "let op")
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))  # a second run: nothing
+    assert sorted(channel.delivered_ids()) == [to_client, to_worker]
+    sent = {m.outbox_id: m for _, m in channel.deliveries}
+    assert sent[to_client].chat_id == people.chat_of_client(0)
+    assert sent[to_client].text == "hoi" and sent[to_client].protect_content
+    for row_id in (to_client, to_worker):
+        done = row(care_ctx, row_id)
+        assert done.status is OutboxStatus.SENT
+        assert done.sent_at is not None and done.channel_message_id is not None
+        assert done.attempts == 1 and done.last_error is None
+    with care_ctx.sessions() as session:
+        bot_messages = session.scalars(select(ChatMessage)).all()
+    # Only her chat keeps the ids (for wipe); the worker's chat is not hers to wipe.
+    assert [(m.client_id, m.from_bot) for m in bot_messages] == [(people.client_ids[0], True)]
+    assert bot_messages[0].message_id == row(care_ctx, to_client).channel_message_id
+
+
+async def test_one_person_gets_her_messages_in_order_and_at_most_one_a_second(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx, per_chat=2.0)
+    her = ("client", people.client_ids[0])
+    ids = [put(care_ctx, her, f"deel {i}") for i in range(3)]
+    other = put(care_ctx, ("client", people.client_ids[1]), "ander")
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    to_her = [(t, m.outbox_id) for t, m in channel.deliveries if m.outbox_id in ids]
+    assert [i for _, i in to_her] == ids
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(to_her)]
+    assert min(gaps) >= 0.45  # 2 per second, with headroom
+    # Another person does not wait behind her.
+    assert channel.delivered_ids().index(other) < 2
+
+
+async def test_overall_rate_stays_inside_the_limit(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=20.0)
+    for i in range(30):
+        put(care_ctx, ("client", people.client_ids[i % 4]), f"m{i}")
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST), timeout=15)
+    stamps = [t for t, _ in channel.deliveries]
+    assert len(stamps) == 30
+    # In no window of one second more than 20 went out.
+    for i, start in enumerate(stamps):
+        assert sum(1 for t in stamps[i:] if t < start + 1.0) <= 20
+    assert stamps[-1] - stamps[0] >= 29 / 20 * 0.95
+
+
+async def test_an_expired_row_is_never_sent_and_recorded_as_skipped(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    clock = FakeClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    her = people.client_ids[0]
+    late = put(
+        care_ctx,
+        ("client", her),
+        "reminder",
+        OutboxPriority.REMINDER,
+        dedupe_key="appt:1:2",
+        not_before=clock.now() - timedelta(hours=3),
+        expires_at=clock.now() - timedelta(minutes=1),
+    )
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, clock, options=FAST))
+    assert channel.deliveries == []
+    assert row(care_ctx, late).status is OutboxStatus.CANCELLED
+    with care_ctx.sessions() as session:
+        skips = skipped_sends(session, her)
+    assert [(s.reason, s.ref) for s in skips] == [("expired", "appt:1:2")]
+
+
+async def test_a_passing_fault_is_retried_with_backoff_and_sent_once(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    row_id = put(care_ctx, ("client", people.client_ids[0]), "hoi")
+    channel = FakeChannel(fail={row_id: [TransientError("502"), TransientError("reset")]})
+    started = time.monotonic()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await channel.wait_for(1)
+    await sender.stop()
+    assert channel.attempts == [row_id] * 3
+    assert channel.delivered_ids() == [row_id]
+    done = row(care_ctx, row_id)
+    assert done.status is OutboxStatus.SENT and done.attempts == 3
+    assert time.monotonic() - started >= 0.05 * 0.5 + 0.1 * 0.5
+
+
+async def test_the_error_code_is_kept_never_the_text(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    row_id = put(care_ctx, ("client", people.client_ids[0]), "hoi")
+    channel = FakeChannel(fail={row_id: [TransientError("secret detail 12345")]})
+    sender = OutboxSender(
+        care_ctx, channel, options=SenderOptions(poll_seconds=0.05, backoff_base_seconds=30)
+    )
+    await sender.start()
+    await asyncio.sleep(0.4)
+    await sender.stop(flush=False)
+    waiting = row(care_ctx, row_id)
+    assert waiting.status is OutboxStatus.PENDING
+    assert waiting.last_error == "transient" and waiting.attempts == 1
+    assert waiting.not_before > datetime.now(UTC) + timedelta(seconds=10)
+
+
+async def test_rate_limited_pauses_everything_for_retry_after(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    first = put(care_ctx, ("client", people.client_ids[0]), "een")
+    second = put(care_ctx, ("client", people.client_ids[1]), "twee")
+    channel = FakeChannel(fail={first: [RateLimited(1.0)]})
+    sender = OutboxSender(care_ctx, channel, options=dataclasses.replace(FAST, max_in_flight=1))
+    started = time.monotonic()
+    await run_until_idle(sender)
+    times = {m.outbox_id: t - started for t, m in channel.deliveries}
+    assert set(times) == {first, second}
+    assert min(times.values()) >= 0.95  # nothing went out during the pause
+    assert row(care_ctx, first).attempts == 1  # a 429 is not a failed attempt
+
+
+async def test_a_chat_limit_pauses_only_that_person(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    first = put(care_ctx, ("client", people.client_ids[0]), "een")
+    second = put(care_ctx, ("client", people.client_ids[1]), "twee")
+    channel = FakeChannel(fail={first: [RateLimited(1.0, scope="chat")]})
+    started = time.monotonic()
+    sender = OutboxSender(care_ctx, channel, options=dataclasses.replace(FAST, max_in_flight=1))
+    await sender.start()
+    await channel.wait_for(2)
+    await sender.stop()
+    times = {m.outbox_id: t - started for t, m in channel.deliveries}
+    assert times[second] < 0.5 <= 0.95 <= times[first]
+
+
+async def test_maybe_delivered_is_not_repeated_for_ordinary_messages(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    her = people.client_ids[0]
+    ordinary = put(care_ctx, ("client", her), "hoi", OutboxPriority.REMINDER, dedupe_key="r:1")
+    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+    channel = FakeChannel(fail={ordinary: [MaybeDelivered()], alert: [MaybeDelivered()]})
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.attempts.count(ordinary) == 1
+    assert channel.attempts.count(alert) == 2  # a double alert beats a lost one
+    assert channel.delivered_ids() == [alert]
+    unsure = row(care_ctx, ordinary)
+    assert unsure.status is OutboxStatus.SENT and unsure.last_error == UNCONFIRMED
+    with care_ctx.sessions() as session:
+        assert [s.reason for s in skipped_sends(session, her)] == ["unconfirmed"]
+
+
+async def test_blocked_marks_her_unreachable_and_tells_her_worker(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    her = people.client_ids[0]
+    first = put(care_ctx, ("client", her), "een")
+    later = put(care_ctx, ("client", her), "twee")
+    channel = FakeChannel(fail={first: [Unreachable()]})
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert first not in channel.delivered_ids() and later not in channel.delivered_ids()
+    notices = [m for _, m in channel.deliveries]
+    assert len(notices) == 1 and notices[0].recipient_kind == "worker"
+    assert "roos-0" in notices[0].text
+    with care_ctx.sessions() as session:
+        assert session.get(Client, her).unreachable  # type: ignore[union-attr]
+        assert session.get(OutboxMessage, later).status is OutboxStatus.CANCELLED  # type: ignore[union-attr]
+    # Nothing more goes to her, and nothing is retried.
+    put(care_ctx, ("client", her), "drie")
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.attempts.count(first) == 1 and len(channel.deliveries) == 1
+
+
+async def test_a_permanent_error_is_not_retried(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    row_id = put(care_ctx, ("client", people.client_ids[0]), "hoi")
+    channel = FakeChannel(fail={row_id: [PermanentError("400")]})
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.attempts == [row_id]
+    failed = row(care_ctx, row_id)
+    assert (failed.status, failed.last_error) == (OutboxStatus.FAILED, "permanent")
+
+
+async def test_a_restarted_sender_takes_over_expired_claims(care_ctx: Care, people: People) -> None:
+    """A sender died: rows it only claimed are sent; a row it was sending is not repeated,
+    unless it is a critical alert."""
+    fast_limits(care_ctx)
+    her = people.client_ids
+    claimed = put(care_ctx, ("client", her[0]), "claimed only")
+    in_flight = put(care_ctx, ("client", her[1]), "was on its way", OutboxPriority.REMINDER)
+    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+    fresh_claim = put(care_ctx, ("client", her[2]), "claimed by a live sender")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with care_ctx.sessions() as session, session.begin():
+        for row_id in (claimed, in_flight, alert, fresh_claim):
+            r = session.get(OutboxMessage, row_id)
+            assert r is not None
+            r.status = OutboxStatus.SENDING
+            r.claimed_by = "dead-sender"
+            r.claimed_until = past
+            if row_id in (in_flight, alert):
+                r.last_error = IN_FLIGHT
+                r.attempts = 1
+            if row_id == fresh_claim:
+                r.claimed_by = "live-sender"
+                r.claimed_until = datetime.now(UTC) + timedelta(minutes=5)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await channel.wait_for(2)
+    await asyncio.sleep(0.3)
+    await sender.stop(flush=False)
+    assert sorted(channel.delivered_ids()) == sorted([claimed, alert])
+    assert row(care_ctx, in_flight).last_error == UNCONFIRMED
+    assert row(care_ctx, fresh_claim).status is OutboxStatus.SENDING  # not ours to take
+
+
+async def test_two_senders_deliver_every_row_exactly_once(care_ctx: Care) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=400.0)
+    people = make_people(care_ctx, clients=40)
+    ids = [put(care_ctx, ("client", c), f"m{c}-{k}") for k in range(3) for c in people.client_ids]
+    channel = FakeChannel(delay=0.002)
+    options = SenderOptions(poll_seconds=0.02, batch_size=15, max_in_flight=4)
+    one, two = (
+        OutboxSender(care_ctx, channel, options=options),
+        OutboxSender(care_ctx, channel, options=options),
+    )
+    await one.start()
+    await two.start()
+    await channel.wait_for(len(ids), timeout=30)
+    await one.stop()
+    await two.stop()
+    assert sorted(channel.delivered_ids()) == sorted(ids)
+    # Order per person held even with two senders.
+    for c in people.client_ids:
+        mine = [m.outbox_id for _, m in channel.deliveries if m.recipient_id == c]
+        assert mine == sorted(mine)
+    assert one.sent_count > 0 and two.sent_count > 0
+
+
+async def test_wake_sends_a_reply_at_once(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    put(care_ctx, ("client", people.client_ids[0]), "antwoord")
+    woken = time.monotonic()
+    sender.wake()
+    await channel.wait_for(1, timeout=2)
+    await sender.stop()
+    assert channel.deliveries[0][0] - woken < 0.5
+
+
+async def test_an_alert_overtakes_a_full_queue_of_reminders(care_ctx: Care) -> None:
+    fast_limits(care_ctx, per_chat=10.0, overall=20.0)
+    people = make_people(care_ctx, clients=60)
+    for c in people.client_ids:
+        put(care_ctx, ("client", c), "reminder", OutboxPriority.REMINDER)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=5, batch_size=40))
+    await sender.start()
+    await channel.wait_for(5)
+    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+    raised = time.monotonic()
+    sender.wake()
+    await channel.wait_for(len(people.client_ids) + 1, timeout=20)
+    await sender.stop()
+    at = channel.delivered_ids().index(alert)
+    assert channel.deliveries[at][0] - raised < 0.5
+    assert at < 5 + 5  # it did not wait behind the batch already claimed
+
+
+async def test_an_erased_client_gets_nothing(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    her = people.client_ids[0]
+    row_id = put(care_ctx, ("client", her), "hoi")
+    with care_ctx.sessions() as session, session.begin():
+        erase_client(session, care_ctx.vault, session.get(Client, her), "test")  # type: ignore[arg-type]
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.attempts == []
+    assert row(care_ctx, row_id).status is OutboxStatus.CANCELLED
+
+
+async def test_stop_hands_back_claimed_rows(care_ctx: Care) -> None:
+    fast_limits(care_ctx, per_chat=10.0, overall=5.0)
+    people = make_people(care_ctx, clients=20)
+    ids = [put(care_ctx, ("client", c), "m") for c in people.client_ids]
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await channel.wait_for(2)
+    await sender.stop(flush=False)
+    with care_ctx.sessions() as session:
+        statuses = {r.id: r.status for r in session.scalars(select(OutboxMessage)) if r.id in ids}
+    sent = set(channel.delivered_ids())
+    assert all(statuses[i] is OutboxStatus.SENT for i in sent)
+    assert all(statuses[i] is OutboxStatus.PENDING for i in set(ids) - sent)
+    assert len(sent) < len(ids)
