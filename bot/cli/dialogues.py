@@ -8,6 +8,7 @@ aftercare dialogues graph FLOW           the flow as a Mermaid diagram
 from __future__ import annotations
 
 import asyncio
+import getpass
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ import click
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from bot.cli.app import main
+from bot.cli.app import care, main
+from care import flow_versions
 from dialogues import (
     CONTENT_DIR,
     ChoiceInput,
@@ -281,3 +283,69 @@ def graph(flow: str, lang: str, output: Path | None) -> None:
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}")
+
+
+@dialogues.command("publish")
+@click.option("--note", help="Why this version (shown in history).")
+@click.option("--publisher", default=None, help="Who publishes (default: your user name).")
+@click.option(
+    "--path",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The content folder (default: dialogues/content/).",
+)
+def publish_cmd(note: str | None, publisher: str | None, path: Path | None) -> None:
+    """Validate everything, then store each changed flow as a new active version.
+
+    Unchanged content creates nothing; content with errors is never published.
+    """
+    who = publisher or getpass.getuser()
+    c = care()
+    with c.sessions.begin() as session:
+        created = flow_versions.publish(
+            session, path or CONTENT_DIR, who, note, known_intents=known_intents()
+        )
+        for version in created:
+            click.echo(f"published {version.flow} v{version.number}")
+    if not created:
+        click.echo("nothing changed; nothing published")
+
+
+@dialogues.command("history")
+@click.argument("flow")
+def history_cmd(flow: str) -> None:
+    """List the published versions of FLOW (* marks the active one)."""
+    c = care()
+    with c.sessions() as session:
+        for version in flow_versions.history(session, flow):
+            mark = "*" if version.is_active else " "
+            when = version.published_at.strftime("%Y-%m-%d %H:%M UTC")
+            note = f"  {version.note}" if version.note else ""
+            click.echo(
+                f"{mark} v{version.number}  {when}  {version.publisher}  "
+                f"{version.content_hash[:12]}{note}"
+            )
+
+
+@dialogues.command("diff")
+@click.argument("flow")
+@click.argument("a", type=int)
+@click.argument("b", type=int)
+def diff_cmd(flow: str, a: int, b: int) -> None:
+    """Show what changed in FLOW from version A to version B."""
+    c = care()
+    with c.sessions() as session:
+        text = flow_versions.diff(session, flow, a, b)
+    click.echo(text or f"{flow} v{a} and v{b} are the same", nl=not text)
+
+
+@dialogues.command("rollback")
+@click.argument("flow")
+@click.argument("version", type=int)
+@click.option("--publisher", default=None, help="Who rolls back (default: your user name).")
+def rollback_cmd(flow: str, version: int, publisher: str | None) -> None:
+    """Make VERSION of FLOW active again for new conversations (running ones keep theirs)."""
+    c = care()
+    with c.sessions.begin() as session:
+        flow_versions.rollback(session, flow, version, actor=publisher or getpass.getuser())
+    click.echo(f"{flow} v{version} is active for new conversations")

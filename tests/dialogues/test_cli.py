@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -85,3 +86,41 @@ def test_graph_prints_mermaid(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["dialogues", "graph", "help", "-o", str(out)])
     assert result.exit_code == 0
     assert "n_to_crisis -->" in out.read_text(encoding="utf-8")
+
+
+def test_publish_history_diff_rollback_from_the_command_line(tmp_path: Path) -> None:
+    config = (Path(__file__).resolve().parents[2] / "config.yml").read_text(encoding="utf-8")
+    (tmp_path / "config.yml").write_text(config, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERCARE_")}
+    env["AFTERCARE_CONFIG"] = str(tmp_path / "config.yml")
+    content = tmp_path / "content"
+    shutil.copytree(CONTENT_DIR, content)
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    assert run("init")[0] == 0
+    code, out = run("dialogues", "publish", "--path", str(content), "--publisher", "noor")
+    assert code == 0 and "published checkin v1" in out
+    assert run("dialogues", "publish", "--path", str(content))[1].startswith("nothing changed")
+    path = content / "wipe.yml"
+    path.write_text(path.read_text(encoding="utf-8").replace("ik wis niks", "ik wis niets"))
+    code, out = run("dialogues", "publish", "--path", str(content), "--note", "spelling")
+    assert out.splitlines() == ["published wipe v2"]
+    code, out = run("dialogues", "history", "wipe")
+    lines = out.splitlines()
+    assert lines[0].startswith("  v1 ") and lines[1].startswith("* v2 ")
+    assert lines[1].endswith("spelling")
+    code, out = run("dialogues", "diff", "wipe", "1", "2")
+    assert '+      nl: "Oké, ik wis niets."' in out
+    code, out = run("dialogues", "rollback", "wipe", "1")
+    assert code == 0 and "wipe v1 is active" in out
+    assert run("dialogues", "history", "wipe")[1].splitlines()[0].startswith("* v1 ")
+    path.write_text("spec_version: 3\nflow: wipe\n", encoding="utf-8")
+    result = CliRunner(env=env).invoke(main, ["dialogues", "publish", "--path", str(content)])
+    assert result.exit_code == 1
+    assert "Nothing was changed; fix these first" in result.output
+    assert "Traceback" not in result.output
+    code, out = run("dialogues", "rollback", "wipe", "9")
+    assert code == 1 and "has no published version 9" in out
