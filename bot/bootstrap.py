@@ -1,0 +1,253 @@
+"""The one place that wires the application together from the settings.
+
+`build(settings)` opens storage and keys, loads the flows (published versions, or the working
+copy when nothing is published), builds the NLU and the conversation service with the worker
+desk (appointments through the reminders). `serve_telegram` runs the bot in polling or webhook
+mode with the outbox sender, the reminders and the auto-delete job, and stops gracefully;
+`bot.console` runs the same parts with the console channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+
+from care.clock import Clock, SystemClock
+from care.context import Care, open_care
+from care.conversation import ConversationService
+from care.flow_versions import FlowStore
+from care.outbox import Channel, OutboxSender, SenderOptions
+from care.settings import Settings, resolve_path
+from care.workers import AppointmentBook, WorkerDesk, plain_appointment
+from dialogues import FlowSource
+from nlu import Nlu, NluConfig, build_nlu
+
+log = logging.getLogger(__name__)
+
+AUTO_DELETE_EVERY_SECONDS = 300.0
+"""How often the auto-delete job looks for messages older than a client's chosen hours."""
+
+
+@dataclass
+class Parts:
+    """Everything one process runs with."""
+
+    settings: Settings
+    care: Care
+    clock: Clock
+    flows: FlowSource
+    nlu: Nlu
+    desk: WorkerDesk
+    service: ConversationService
+
+    async def aclose(self) -> None:
+        """Release the NLU and the database."""
+        await self.nlu.aclose()
+        self.care.close()
+
+
+def nlu_config(settings: Settings) -> NluConfig:
+    """Map our settings onto the NLU's own config."""
+    token = settings.nlu.rasa_token.get_secret_value() if settings.nlu.rasa_token else None
+    return NluConfig(
+        backend=settings.nlu.backend,
+        languages=settings.languages,
+        confidence_threshold=settings.nlu.confidence_threshold,
+        rasa_url=settings.nlu.rasa_url,
+        rasa_token=token,
+        rasa_timeout_s=settings.nlu.rasa_timeout_seconds,
+        cache_dir=resolve_path(settings, settings.nlu.cache_dir),
+    )
+
+
+def appointment_book() -> AppointmentBook:
+    """`reminders.appointments.create_appointment` (reminders included), or a plain one."""
+    try:
+        module = importlib.import_module("reminders.appointments")
+    except ImportError:
+        log.warning("bootstrap.no_reminders appointments are saved without reminders")
+        return plain_appointment
+    book: AppointmentBook = module.create_appointment
+    return book
+
+
+def build(
+    settings: Settings,
+    *,
+    care: Care | None = None,
+    clock: Clock | None = None,
+    nlu: Nlu | None = None,
+    flows: FlowSource | None = None,
+) -> Parts:
+    """Open storage, load flows and NLU, and build the conversation service."""
+    care = care or open_care(settings)
+    clock = clock or SystemClock()
+    flows = flows or FlowStore(care.sessions)
+    nlu = nlu or build_nlu(nlu_config(settings))
+    desk = WorkerDesk(care, appointments=appointment_book())
+    service = ConversationService(care, flows, nlu, clock=clock, desk=desk)
+    return Parts(settings, care, clock, flows, nlu, desk, service)
+
+
+def make_sender(
+    parts: Parts, channel: Channel, options: SenderOptions | None = None, care: Care | None = None
+) -> OutboxSender:
+    """The outbox sender for a channel, woken by the service after every commit."""
+    sender = OutboxSender(care or parts.care, channel, parts.clock, options)
+    parts.service.set_wake(sender.wake)
+    return sender
+
+
+class Background:
+    """The reminders (when this process holds the scheduler lock) and the auto-delete job."""
+
+    def __init__(self, parts: Parts, *, auto_delete_every: float = AUTO_DELETE_EVERY_SECONDS):
+        self.parts = parts
+        self.auto_delete_every = auto_delete_every
+        self._reminders: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the reminders if they are installed, and the auto-delete job."""
+        try:
+            runtime = importlib.import_module("reminders.runtime")
+        except ImportError:
+            log.warning("bootstrap.no_reminders the scheduler is not installed")
+        else:
+            self._reminders = runtime.Reminders(
+                self.parts.care, self.parts.service, self.parts.clock
+            )
+            started = await self._reminders.start()
+            if not started:
+                log.info("bootstrap.reminders_elsewhere another process runs the scheduler")
+        self._task = asyncio.create_task(self._auto_delete(), name="auto-delete")
+
+    async def _auto_delete(self) -> None:
+        while True:
+            try:
+                await self.parts.service.auto_delete()
+            except Exception as exc:  # the database may be away for a while; try again later
+                log.warning("auto_delete.failed error=%s", type(exc).__name__)
+            await asyncio.sleep(self.auto_delete_every)
+
+    async def stop(self) -> None:
+        """Stop the auto-delete job and the reminders."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._reminders is not None:
+            await self._reminders.stop()
+            self._reminders = None
+
+
+def database_health(care: Care) -> Callable[[], Awaitable[bool]]:
+    """A check for `/healthz`: True when the database answers `SELECT 1` within 2 seconds."""
+
+    def ping() -> bool:
+        try:
+            with care.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def check() -> bool:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(ping), 2.0)
+        except TimeoutError:
+            return False
+
+    return check
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop` (finish the update in hand, flush, exit)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_telegram(
+    parts: Parts,
+    stop: asyncio.Event,
+    *,
+    token: str,
+    base_url: str | None = None,
+    base_file_url: str | None = None,
+    sender_options: SenderOptions | None = None,
+    ready: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Run the Telegram bot until `stop` is set, then stop in order: no new updates, finish
+    the updates in hand, stop the background jobs, flush the outbox, close."""
+    from telegram import Update
+
+    from bot.telegram import TelegramChannel, TelegramFront, build_application
+    from bot.telegram.front import set_commands
+    from bot.telegram.webhook import WebhookServer
+
+    settings = parts.settings
+    front = TelegramFront(parts.service, protect_content=settings.privacy.protect_content)
+    application = build_application(
+        settings, front, token=token, base_url=base_url, base_file_url=base_file_url
+    )
+    await application.initialize()
+    parts.desk.bot_username = settings.telegram.username or application.bot.username
+    sender = make_sender(parts, TelegramChannel(application.bot), sender_options)
+    await sender.start()
+    background = Background(parts)
+    await background.start()
+    await set_commands(application)
+    await application.start()
+    server: WebhookServer | None = None
+    info: dict[str, Any] = {"mode": settings.telegram.mode}
+    if settings.telegram.mode == "webhook":
+        hook = settings.telegram.webhook
+        secret = settings.telegram.webhook_secret
+        assert secret is not None  # load_settings refuses webhook mode without it
+        server = WebhookServer(
+            front,
+            application.bot,
+            secret=secret.get_secret_value(),
+            health=database_health(parts.care),
+            path=hook.path,
+            listen=hook.listen,
+            port=hook.port,
+        )
+        await server.start()
+        info["port"] = server.port
+        if hook.public_url:
+            await application.bot.set_webhook(
+                hook.public_url,
+                secret_token=secret.get_secret_value(),
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            log.warning("bot.webhook_not_registered telegram.webhook.public_url is not set")
+    else:
+        assert application.updater is not None
+        await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+    log.info("bot.running mode=%s", settings.telegram.mode)
+    if ready is not None:
+        ready(info)
+    await stop.wait()
+    log.info("bot.stopping")
+    if server is not None:
+        await server.stop()
+    elif application.updater is not None:
+        await application.updater.stop()
+    await application.stop()
+    await background.stop()
+    await sender.stop(flush=True)
+    await application.shutdown()
+    log.info("bot.stopped")

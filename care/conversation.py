@@ -1,0 +1,1040 @@
+"""The conversation service: one channel-neutral road for every message, hers and her worker's.
+
+A channel (Telegram, the console) turns what a person did into an `Inbound` and calls
+`ConversationService.handle`. In one transaction the service drops an update it has already
+processed, finds who the chat belongs to (blind index), records her message id (so that wipe
+can delete it), checks the duress word first, then lets the safety lexicon and the NLU read
+her words, lets the engine answer, and applies the events: replies and alerts become outbox
+rows, escalations rows, check-in answers `CheckIn` rows. Only after commit is anything sent
+(`wake` tells the outbox sender). The reminders start flows through `start_flow`.
+
+Never lose a message: when anything fails after her message arrived, she still gets a kind
+reply and her worker a notice; the failure is logged with ids only. Nothing here ever logs
+message text or chat ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import dialogues
+from care import audit, directory, escalations, outbox
+from care.clock import Clock, SystemClock
+from care.context import Care
+from care.errors import CareError, CodeRefused, DecryptionError
+from care.models import (
+    Appointment,
+    AppointmentStatus,
+    ChatMessage,
+    CheckIn,
+    CheckInStatus,
+    Client,
+    ClientStatus,
+    DialogueSession,
+    Organisation,
+    OutboxMessage,
+    OutboxPriority,
+    ProcessedUpdate,
+    Severity,
+    Worker,
+)
+from care.settings import WEEKDAYS, Settings
+from care.workers import WorkerDesk, format_when
+from dialogues import (
+    ChoiceInput,
+    CommandInput,
+    EndFlow,
+    Escalate,
+    Event,
+    FlowSource,
+    NotifyWorker,
+    Say,
+    SetField,
+    SetLanguage,
+    SetStatus,
+    TextInput,
+    Wipe,
+)
+from dialogues import Session as DialogueState
+
+log = logging.getLogger(__name__)
+
+InboundKind = Literal["text", "choice", "command", "unsupported"]
+_Who = Literal["client", "worker", "nobody"]
+
+MAX_TEXT_CHARS = 2000
+"""Longer texts get a kind "please write it shorter" instead of being read."""
+
+DELETE_WINDOW = timedelta(hours=48)
+"""Telegram lets a bot delete messages in a private chat for 48 hours."""
+
+_DELETE_MARGIN = timedelta(minutes=10)
+_CHECKIN_WINDOW = timedelta(hours=36)
+_CHECKIN_CONTINUES = timedelta(hours=2)
+_STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a person did in a chat, as any channel reports it.
+
+    `kind` "text": `text`; "choice": a button, `choice_id` (the callback data);
+    "command": `command` (without slash, lower case) and `args`; "unsupported": `reason`
+    (sticker, photo, voice, video, location, contact, document, edited, forwarded, ...).
+    `message_id` is her message (None for a button press); `update_id` the channel's id of
+    this event, so that a redelivery is processed once. `language` is the app language the
+    channel saw (used only for a chat nobody is linked to).
+    """
+
+    chat_id: int
+    kind: InboundKind
+    update_id: int | None = None
+    message_id: int | None = None
+    text: str = ""
+    choice_id: str = ""
+    command: str = ""
+    args: tuple[str, ...] = ()
+    reason: str = ""
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What `handle` did. `direct` is a text the channel must send at once itself (to a chat
+    nobody is linked to, or when the database cannot take even an apology)."""
+
+    duplicate: bool = False
+    direct: str | None = None
+    who: _Who = "nobody"
+
+
+class Understander(Protocol):
+    """The NLU as the service needs it (`nlu.Nlu` fits): safety lexicon first, never raises."""
+
+    async def understand(self, text: str, lang: str) -> Any:
+        """An `nlu.Understanding` with `.safety` (severity, category) and `.result`."""
+        ...
+
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "neutral": {"nl": "Hoi! Deze chat is niet actief.", "en": "Hi! This chat is not active."},
+    "sorry": {
+        "nl": "Sorry, er ging bij mij iets mis. Ik heb {worker_name} een seintje gegeven. "
+        "Ben je in gevaar? Bel 112.",
+        "en": "Sorry, something went wrong on my side. I have let {worker_name} know. "
+        "If you are in danger, call 112.",
+    },
+    "sorry_plain": {
+        "nl": "Sorry, er ging bij mij iets mis. Probeer het zo nog eens. Ben je in gevaar? "
+        "Bel 112.",
+        "en": "Sorry, something went wrong on my side. Please try again soon. If you are in "
+        "danger, call 112.",
+    },
+    "duress_reply": {"nl": "Oké, top! 👍", "en": "Okay, great! 👍"},
+    "unsupported_media": {
+        "nl": "Ik kan (nog) alleen tekst lezen. Wil je het in een berichtje typen?",
+        "en": "I can only read text for now. Could you type it in a message?",
+    },
+    "unsupported_sticker": {
+        "nl": "Leuk! Ik kan alleen tekst lezen. Wil je het typen?",
+        "en": "Nice! I can only read text. Could you type it?",
+    },
+    "unsupported_place": {
+        "nl": "Ik kan alleen tekst lezen. Stuur hier liever geen locatie of telefoonnummer.",
+        "en": "I can only read text. Better not send a location or phone number here.",
+    },
+    "unsupported_edited": {
+        "nl": "Ik lees alleen nieuwe berichten. Stuur je het nog een keer?",
+        "en": "I only read new messages. Could you send it again?",
+    },
+    "unsupported_forwarded": {
+        "nl": "Ik lees alleen berichten die je zelf typt.",
+        "en": "I only read messages you type yourself.",
+    },
+    "unsupported_too_long": {
+        "nl": "Dat is een lang bericht! Kun je het korter zeggen, in een paar zinnen?",
+        "en": "That's a long message! Could you say it in a few sentences?",
+    },
+}
+
+_UNSUPPORTED_KEYS = {
+    "sticker": "unsupported_sticker",
+    "location": "unsupported_place",
+    "venue": "unsupported_place",
+    "contact": "unsupported_place",
+    "edited": "unsupported_edited",
+    "forwarded": "unsupported_forwarded",
+    "too_long": "unsupported_too_long",
+}
+
+_NOTICES: dict[str, dict[str, str]] = {
+    "notice": {"nl": "ℹ️ {alias}: {reason}.", "en": "ℹ️ {alias}: {reason}."},
+    "client_stopped": {"nl": "is gestopt met de app", "en": "stopped using the app"},
+    "client_paused": {
+        "nl": "heeft de berichten van de app op pauze gezet",
+        "en": "paused the app's messages",
+    },
+    "client_resumed": {
+        "nl": "krijgt de berichten van de app weer",
+        "en": "gets the app's messages again",
+    },
+    "appointment_cant_come": {
+        "nl": "kan niet naar de afspraak komen",
+        "en": "cannot come to the appointment",
+    },
+    "appointment_question": {
+        "nl": "heeft een vraag over de afspraak",
+        "en": "has a question about the appointment",
+    },
+    "bot_error": {
+        "nl": "de app kon een bericht van haar niet verwerken; zij kreeg een excuus. "
+        "Neem even contact op",
+        "en": "the app could not handle a message from her; she got an apology. "
+        "Please get in touch",
+    },
+    "enrolled": {
+        "nl": "heeft de app gekoppeld en begint met kennismaken",
+        "en": "linked the app and is starting the introduction",
+    },
+}
+
+
+def text_for(key: str, lang: str, **values: Any) -> str:
+    """A text of the service in a language (Dutch when the language is unknown)."""
+    texts = _TEXTS[key]
+    return (texts.get(lang) or texts["nl"]).format(**values)
+
+
+def notice_text(reason: str, alias: str, lang: str) -> str:
+    """A non-urgent notice for a worker: alias and what happened."""
+    known = _NOTICES.get(reason)
+    said = (known.get(lang) or known["nl"]) if known else reason.replace("_", " ")
+    template = _NOTICES["notice"].get(lang) or _NOTICES["notice"]["nl"]
+    return template.format(alias=alias, reason=said)
+
+
+def in_office_hours(now: datetime, settings: Settings) -> bool:
+    """True when workers are expected to answer (settings.office_hours, local time)."""
+    local = now.astimezone(ZoneInfo(settings.timezone))
+    day = WEEKDAYS[local.weekday()]
+    hours = settings.office_hours
+    return day in hours.days and hours.contains(local.time().replace(tzinfo=None))
+
+
+@dataclass
+class _State:
+    """Her stored conversation: the engine session and the few fields she gave (nickname)."""
+
+    session: DialogueState | None
+    fields: dict[str, str | bool | int] = field(default_factory=dict)
+
+
+class _Duplicate(Exception):
+    """This update was processed before."""
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised (module:line), for logs that must not hold its text."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+class ConversationService:
+    """Ties the engine, the NLU and storage together for every channel and for the reminders."""
+
+    def __init__(
+        self,
+        care: Care,
+        flows: FlowSource,
+        nlu: Understander,
+        *,
+        clock: Clock | None = None,
+        desk: WorkerDesk | None = None,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.care = care
+        self.flows = flows
+        self.nlu = nlu
+        self.clock: Clock = clock or SystemClock()
+        self.desk = desk or WorkerDesk(care)
+        self._wake = wake
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of this process."""
+        return self.care.settings
+
+    def set_wake(self, wake: Callable[[], None] | None) -> None:
+        """Tell the service what wakes the outbox sender after a commit."""
+        self._wake = wake
+
+    def wake(self) -> None:
+        """Wake the outbox sender (a reply must go out at once)."""
+        if self._wake is not None:
+            self._wake()
+
+    # ------------------------------------------------------------------ inbound
+
+    async def handle(self, inbound: Inbound) -> Handled:
+        """Process one event from a chat; see the module docstring for the road it takes.
+
+        Raises `care.errors.DatabaseUnavailable` (or SQLAlchemy's OperationalError) only when
+        the database cannot be reached at all, so that a webhook can answer 503 and Telegram
+        retries; every other failure ends in a kind reply.
+        """
+        if inbound.kind == "text" and len(inbound.text) > MAX_TEXT_CHARS:
+            inbound = Inbound(
+                chat_id=inbound.chat_id,
+                kind="unsupported",
+                update_id=inbound.update_id,
+                message_id=inbound.message_id,
+                reason="too_long",
+                language=inbound.language,
+            )
+        who = await asyncio.to_thread(self._who, inbound)
+        if who is None:
+            return Handled(duplicate=True)
+        kind, lang, duress = who
+        if kind == "nobody":
+            return await asyncio.to_thread(self._stranger, inbound)
+        understanding = None
+        if kind == "client" and inbound.kind == "text" and not duress:
+            understanding = await self.nlu.understand(inbound.text, lang)
+        try:
+            await asyncio.to_thread(self._turn, inbound, understanding, duress)
+        except _Duplicate:
+            return Handled(duplicate=True, who=kind)
+        except Exception as exc:
+            log.error(
+                "turn.failed update=%s error=%s at=%s",
+                inbound.update_id,
+                type(exc).__name__,
+                _where(exc),
+            )
+            direct = await asyncio.to_thread(self._apologise, inbound)
+            self.wake()
+            return Handled(direct=direct, who=kind)
+        self.wake()
+        return Handled(who=kind)
+
+    def _who(self, inbound: Inbound) -> tuple[_Who, str, bool] | None:
+        """Read-only first look: (who, her language, duress?) or None for a duplicate."""
+        with self.care.sessions() as session:
+            if inbound.update_id is not None:
+                seen = session.get(ProcessedUpdate, inbound.update_id)
+                if seen is not None:
+                    return None
+            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+            if linked.worker is not None:
+                return "worker", linked.worker.language, False
+            client = linked.client
+            if client is None:
+                return "nobody", inbound.language or self.settings.default_language, False
+            duress = False
+            if inbound.kind == "text":
+                org = session.get(Organisation, client.org_id)
+                duress = org is not None and directory.is_duress(
+                    self.care.keyring, org, inbound.text
+                )
+            return "client", client.language, duress
+
+    def _mark_processed(self, session: Session, inbound: Inbound) -> None:
+        if inbound.update_id is None:
+            return
+        try:
+            with session.begin_nested():
+                session.add(
+                    ProcessedUpdate(update_id=inbound.update_id, processed_at=self.clock.now())
+                )
+                session.flush()
+        except IntegrityError:
+            raise _Duplicate() from None
+
+    def _stranger(self, inbound: Inbound) -> Handled:
+        """A chat nobody is linked to: a valid `/start <code>` links it; anything else gets a
+        neutral sentence and nothing is stored."""
+        lang = inbound.language if inbound.language in self.settings.languages else None
+        neutral = text_for("neutral", lang or self.settings.default_language)
+        if inbound.kind != "command" or inbound.command != "start" or len(inbound.args) != 1:
+            return Handled(direct=neutral)
+        try:
+            with self.care.sessions.begin() as session:
+                linked = directory.link_chat(
+                    session, self.care.vault, inbound.args[0], inbound.chat_id
+                )
+                self._mark_processed(session, inbound)
+                if linked.worker is not None:
+                    self.desk.welcome(session, linked.worker)
+                    kind: _Who = "worker"
+                else:
+                    assert linked.client is not None
+                    self._enrolled(session, linked.client, inbound)
+                    kind = "client"
+        except CodeRefused:
+            return Handled(direct=neutral)
+        except _Duplicate:
+            return Handled(duplicate=True)
+        log.info("chat.linked who=%s update=%s", kind, inbound.update_id)
+        self.wake()
+        return Handled(who=kind)
+
+    def _enrolled(self, session: Session, client: Client, inbound: Inbound) -> None:
+        now = self.clock.now()
+        self._remember(session, client, inbound.message_id, now)
+        state = self._load(session, client)
+        context = self.context(session, client, state.fields, now)
+        flow = self.flows.active("onboarding")
+        turn = state.session.turn if state.session else 0
+        step = dialogues.start(flow, context, client.language, flows=self.flows, turn=turn)
+        self._notify_worker(session, client, "enrolled")
+        self._apply(session, client, state, step.events, now)
+        state.session = step.session
+        self._save(session, client, state)
+
+    def _turn(self, inbound: Inbound, understanding: Any, duress: bool) -> None:
+        with self.care.sessions.begin() as session:
+            self._mark_processed(session, inbound)
+            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+            now = self.clock.now()
+            if linked.worker is not None:
+                self._worker_turn(session, linked.worker, inbound, now)
+                return
+            if linked.client is None:  # unlinked between the first look and now
+                return
+            client = session.get(Client, linked.client.id, with_for_update=True)
+            assert client is not None
+            self._client_turn(session, client, inbound, understanding, duress, now)
+
+    def _worker_turn(
+        self, session: Session, worker: Worker, inbound: Inbound, now: datetime
+    ) -> None:
+        if inbound.kind == "command" and inbound.command == "start" and len(inbound.args) == 1:
+            try:
+                with session.begin_nested():
+                    directory.link_chat(session, self.care.vault, inbound.args[0], inbound.chat_id)
+            except CodeRefused:
+                pass
+            else:
+                found = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+                if found.client is not None:
+                    self._enrolled(session, found.client, inbound)
+                    return
+        self.desk.handle(session, worker, inbound, now)
+
+    def _client_turn(
+        self,
+        session: Session,
+        client: Client,
+        inbound: Inbound,
+        understanding: Any,
+        duress: bool,
+        now: datetime,
+    ) -> None:
+        self._remember(session, client, inbound.message_id, now)
+        if duress:
+            # Something ordinary for whoever reads along; a silent alarm for her worker.
+            self._reply(session, client, text_for("duress_reply", client.language))
+            escalations.raise_escalation(
+                session,
+                self.care.vault,
+                self.settings,
+                client,
+                Severity.CRITICAL,
+                "duress",
+                now=now,
+            )
+            log.warning("duress.raised client=%s update=%s", client.id, inbound.update_id)
+            return
+        if inbound.kind == "unsupported":
+            key = _UNSUPPORTED_KEYS.get(inbound.reason, "unsupported_media")
+            self._reply(session, client, text_for(key, client.language))
+            return
+        if inbound.kind == "command" and inbound.command == "start" and inbound.args:
+            try:
+                with session.begin_nested():
+                    directory.link_chat(session, self.care.vault, inbound.args[0], inbound.chat_id)
+            except CodeRefused:
+                pass  # an old link clicked again: plain /start
+        state = self._load(session, client)
+        context = self.context(session, client, state.fields, now)
+        engine_input: dialogues.Input
+        if inbound.kind == "choice":
+            engine_input = ChoiceInput(inbound.choice_id)
+        elif inbound.kind == "command":
+            engine_input = CommandInput(inbound.command)
+        else:
+            safety = understanding.safety if understanding is not None else None
+            result = understanding.result if understanding is not None else None
+            engine_input = TextInput(
+                inbound.text,
+                intent=result.intent if result is not None else None,
+                confidence=float(result.confidence) if result is not None else 0.0,
+                safety=safety.severity if safety is not None else None,
+                safety_category=safety.category if safety is not None else None,
+            )
+            if safety is not None and safety.severity is not None:
+                log.info(
+                    "safety.signal client=%s severity=%s entry=%s",
+                    client.id,
+                    safety.severity,
+                    safety.matched,
+                )
+        step = self._resume(state, engine_input, client.language, context)
+        self._apply(session, client, state, step.events, now)
+        state.session = step.session
+        self._save(session, client, state)
+        log.info(
+            "turn.handled client=%s update=%s flow=%s events=%d",
+            client.id,
+            inbound.update_id,
+            step.session.flow,
+            len(step.events),
+        )
+
+    def _resume(
+        self,
+        state: _State,
+        engine_input: dialogues.Input,
+        lang: str,
+        context: Mapping[str, str | bool],
+    ) -> dialogues.Step:
+        current = state.session or self._idle(lang, 0)
+        try:
+            return dialogues.resume(current, engine_input, self.flows, context)
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            # Her flow version is gone or changed: start from idle; old buttons stay stale.
+            log.warning("session.reset flow=%s version=%s", current.flow, current.version)
+            return dialogues.resume(
+                self._idle(lang, current.turn + 1), engine_input, self.flows, context
+            )
+
+    def _idle(self, lang: str, turn: int) -> DialogueState:
+        fallback = self.flows.active(self.flows.triggers().not_understood)
+        return DialogueState(fallback.id, fallback.version, fallback.content_hash, lang, None, turn)
+
+    def _apologise(self, inbound: Inbound) -> str | None:
+        """After a failed turn: a kind reply to her and a notice to her worker, in a new
+        transaction; returns a text to send directly when even that is impossible."""
+        try:
+            with self.care.sessions.begin() as session:
+                with contextlib.suppress(_Duplicate):
+                    self._mark_processed(session, inbound)
+                linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+                now = self.clock.now()
+                if linked.worker is not None:
+                    self.desk.failed(session, linked.worker)
+                    return None
+                client = linked.client
+                if client is None:
+                    return None
+                self._remember(session, client, inbound.message_id, now)
+                worker = session.get(Worker, client.assigned_worker_id)
+                name = escalations.first_name(worker) if worker else ""
+                self._reply(session, client, text_for("sorry", client.language, worker_name=name))
+                self._notify_worker(session, client, "bot_error")
+            return None
+        except Exception as exc:
+            log.error(
+                "turn.apology_failed update=%s error=%s at=%s",
+                inbound.update_id,
+                type(exc).__name__,
+                _where(exc),
+            )
+            return text_for("sorry_plain", inbound.language or self.settings.default_language)
+
+    # ------------------------------------------------------------------ reminders' road
+
+    async def start_flow(
+        self,
+        client_id: int,
+        flow: str,
+        *,
+        context: Mapping[str, str] | None = None,
+        priority: OutboxPriority = OutboxPriority.REMINDER,
+        dedupe_key: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> bool:
+        """Start a flow for her (a reminder, a check-in) on its active version.
+
+        All events are applied and the outbox rows written in one transaction; the first
+        message carries `dedupe_key`, so a job that runs twice sends once (the second call
+        returns False and changes nothing). False too for a client who is paused, stopped,
+        unreachable or not enrolled.
+        """
+        started = await asyncio.to_thread(
+            self._start_flow, client_id, flow, context or {}, priority, dedupe_key, expires_at
+        )
+        if started:
+            self.wake()
+        return started
+
+    def _start_flow(
+        self,
+        client_id: int,
+        flow_id: str,
+        extra: Mapping[str, str],
+        priority: OutboxPriority,
+        dedupe_key: str | None,
+        expires_at: datetime | None,
+    ) -> bool:
+        try:
+            with self.care.sessions.begin() as session:
+                client = session.get(Client, client_id, with_for_update=True)
+                if (
+                    client is None
+                    or client.status is not ClientStatus.ACTIVE
+                    or client.unreachable
+                    or client.chat_id_enc is None
+                    or client.data_key_id is None
+                ):
+                    return False
+                if (
+                    dedupe_key is not None
+                    and session.scalars(
+                        select(OutboxMessage.id).where(OutboxMessage.dedupe_key == dedupe_key)
+                    ).first()
+                ):
+                    return False
+                now = self.clock.now()
+                state = self._load(session, client)
+                context = {**self.context(session, client, state.fields, now), **extra}
+                turn = state.session.turn if state.session else 0
+                step = dialogues.start(
+                    self.flows.active(flow_id),
+                    context,
+                    client.language,
+                    flows=self.flows,
+                    turn=turn,
+                )
+                self._apply(
+                    session,
+                    client,
+                    state,
+                    step.events,
+                    now,
+                    priority=priority,
+                    dedupe_key=dedupe_key,
+                    expires_at=expires_at,
+                )
+                state.session = step.session
+                self._save(session, client, state)
+        except IntegrityError:
+            return False  # another run wrote the same dedupe_key first
+        log.info("flow.started client=%s flow=%s", client_id, flow_id)
+        return True
+
+    # ------------------------------------------------------------------ context and state
+
+    def context(
+        self,
+        session: Session,
+        client: Client,
+        fields: Mapping[str, str | bool | int],
+        now: datetime,
+    ) -> dict[str, str | bool]:
+        """Placeholder values in her language and time zone, and the flags branches test."""
+        worker = session.get(Worker, client.assigned_worker_id)
+        org = session.get(Organisation, client.org_id)
+        nickname = fields.get("alias")
+        context: dict[str, str | bool] = {
+            "alias": nickname if isinstance(nickname, str) else "",
+            "worker_name": escalations.first_name(worker) if worker else "",
+            "org_name": org.name if org else "",
+            "org_phone": (org.phone or "") if org else "",
+            "appointment_time": "",
+            "appointment_place": "",
+            "office_hours": in_office_hours(now, self.settings),
+            "has_alias": isinstance(nickname, str) and bool(nickname),
+            "has_appointment": False,
+        }
+        upcoming = session.scalars(
+            select(Appointment)
+            .where(
+                Appointment.client_id == client.id,
+                Appointment.starts_at > now,
+                Appointment.status.in_([AppointmentStatus.PLANNED, AppointmentStatus.CONFIRMED]),
+            )
+            .order_by(Appointment.starts_at)
+            .limit(1)
+        ).first()
+        if upcoming is not None:
+            context["appointment_time"] = format_when(
+                upcoming.starts_at, client.timezone, client.language
+            )
+            if upcoming.place_enc is not None:
+                with contextlib.suppress(DecryptionError):
+                    context["appointment_place"] = self.care.vault.decrypt(
+                        session, client.data_key_id, upcoming.place_enc
+                    )
+            context["has_appointment"] = True
+        return context
+
+    def _load(self, session: Session, client: Client) -> _State:
+        row = session.scalars(
+            select(DialogueSession).where(DialogueSession.client_id == client.id)
+        ).first()
+        if row is None:
+            return _State(None)
+        try:
+            data = json.loads(self.care.vault.decrypt(session, client.data_key_id, row.state_enc))
+            stored = data.get("session")
+            state = DialogueState.from_json(stored) if stored else None
+            return _State(state, dict(data.get("fields") or {}))
+        except (DecryptionError, dialogues.SessionError, ValueError, AttributeError):
+            log.warning("session.unreadable client=%s", client.id)
+            return _State(None)
+
+    def _save(self, session: Session, client: Client, state: _State) -> None:
+        data = {
+            "format": _STATE_FORMAT,
+            "session": state.session.to_json() if state.session else None,
+            "fields": state.fields,
+        }
+        encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
+        row = session.scalars(
+            select(DialogueSession).where(DialogueSession.client_id == client.id)
+        ).first()
+        flow = state.session.flow if state.session else ""
+        version = state.session.version if state.session else None
+        if row is None:
+            session.add(
+                DialogueSession(
+                    client_id=client.id, flow=flow, flow_version=version, state_enc=encrypted
+                )
+            )
+        else:
+            row.flow, row.flow_version, row.state_enc = flow, version, encrypted
+        session.flush()
+
+    # ------------------------------------------------------------------ applying events
+
+    def _apply(
+        self,
+        session: Session,
+        client: Client,
+        state: _State,
+        events: Sequence[Event],
+        now: datetime,
+        *,
+        priority: OutboxPriority = OutboxPriority.REPLY,
+        dedupe_key: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Apply the engine's events in order, in the caller's transaction."""
+        notified = {e.reason for e in events if isinstance(e, NotifyWorker)}
+        first_say = True
+        for event in events:
+            if isinstance(event, Say):
+                self._reply(
+                    session,
+                    client,
+                    event.text,
+                    buttons=_button_rows(event.choices),
+                    priority=priority,
+                    dedupe_key=dedupe_key if first_say else None,
+                    expires_at=expires_at,
+                    kind="reply" if priority is OutboxPriority.REPLY else "flow",
+                )
+                first_say = False
+            elif isinstance(event, Escalate):
+                escalations.raise_escalation(
+                    session,
+                    self.care.vault,
+                    self.settings,
+                    client,
+                    Severity(event.severity),
+                    event.reason,
+                    now=now,
+                )
+            elif isinstance(event, NotifyWorker):
+                self._notify_worker(session, client, event.reason)
+            elif isinstance(event, SetField):
+                self._set_field(session, client, state, event, now)
+            elif isinstance(event, SetLanguage):
+                if event.lang in self.settings.languages:
+                    client.language = event.lang
+            elif isinstance(event, SetStatus):
+                self._set_status(session, client, event.status, notified, now)
+            elif isinstance(event, Wipe):
+                self._wipe(session, client, state, now)
+            elif isinstance(event, EndFlow):
+                pass
+
+    def _reply(
+        self,
+        session: Session,
+        client: Client,
+        text: str,
+        *,
+        buttons: list[list[list[str]]] | None = None,
+        priority: OutboxPriority = OutboxPriority.REPLY,
+        dedupe_key: str | None = None,
+        expires_at: datetime | None = None,
+        kind: str = "reply",
+    ) -> None:
+        payload: dict[str, Any] = {"type": "text", "text": text}
+        if buttons:
+            payload["buttons"] = buttons
+        outbox.enqueue(
+            session,
+            self.care.vault,
+            client,
+            payload,
+            kind=kind,
+            priority=priority,
+            dedupe_key=dedupe_key,
+            expires_at=expires_at,
+            client_id=client.id,
+        )
+
+    def _notify_worker(self, session: Session, client: Client, reason: str) -> None:
+        worker = session.get(Worker, client.assigned_worker_id)
+        if worker is None or worker.chat_id_enc is None:
+            return
+        payload = {"type": "text", "text": notice_text(reason, client.alias, worker.language)}
+        outbox.enqueue(
+            session,
+            self.care.vault,
+            worker,
+            payload,
+            kind="notice",
+            priority=OutboxPriority.NOTICE,
+            client_id=client.id,
+        )
+
+    def _set_field(
+        self, session: Session, client: Client, state: _State, event: SetField, now: datetime
+    ) -> None:
+        name, value = event.name, event.value
+        if name in ("mood", "safe", "checkin"):
+            checkin = self._current_checkin(session, client, now)
+            if name == "mood":
+                checkin.mood = str(value)[:16]
+            elif name == "safe":
+                checkin.feels_safe = {"yes": True, "no": False}.get(str(value))
+            if name == "checkin" and value == "no_answer":
+                if checkin.answered_at is None:
+                    checkin.status = CheckInStatus.MISSED
+            else:
+                checkin.status = CheckInStatus.ANSWERED
+                checkin.answered_at = now
+                client.missed_checkins = 0
+            return
+        if name == "appointment_answer":
+            self._answer_appointment(session, client, str(value), now)
+        if isinstance(value, str):
+            value = value[:80]
+        state.fields[name] = value
+
+    def _current_checkin(self, session: Session, client: Client, now: datetime) -> CheckIn:
+        """The check-in she is answering: the one sent last, or the one she began answering."""
+        recent = session.scalars(
+            select(CheckIn)
+            .where(
+                CheckIn.client_id == client.id,
+                CheckIn.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
+                CheckIn.due_at > now - _CHECKIN_WINDOW,
+            )
+            .order_by(CheckIn.due_at.desc(), CheckIn.id.desc())
+            .limit(1)
+        ).first()
+        if recent is not None and (
+            recent.status is CheckInStatus.SENT
+            or (recent.answered_at is not None and recent.answered_at > now - _CHECKIN_CONTINUES)
+        ):
+            return recent
+        checkin = CheckIn(client_id=client.id, due_at=now, sent_at=now, status=CheckInStatus.SENT)
+        session.add(checkin)
+        session.flush()
+        return checkin
+
+    def _answer_appointment(
+        self, session: Session, client: Client, answer: str, now: datetime
+    ) -> None:
+        status = {
+            "confirmed": AppointmentStatus.CONFIRMED,
+            "cant_come": AppointmentStatus.CANT_COME,
+        }.get(answer)
+        if status is None:
+            return
+        upcoming = session.scalars(
+            select(Appointment)
+            .where(
+                Appointment.client_id == client.id,
+                Appointment.starts_at > now - timedelta(hours=1),
+                Appointment.status.in_([AppointmentStatus.PLANNED, AppointmentStatus.CONFIRMED]),
+            )
+            .order_by(Appointment.starts_at)
+            .limit(1)
+        ).first()
+        if upcoming is not None:
+            upcoming.status = status
+
+    def _set_status(
+        self,
+        session: Session,
+        client: Client,
+        status: str,
+        notified: set[str],
+        now: datetime,
+    ) -> None:
+        new = {
+            "active": ClientStatus.ACTIVE,
+            "paused": ClientStatus.PAUSED,
+            "stopped": ClientStatus.ENDED,
+        }[status]
+        old = client.status
+        if new is old:
+            return
+        client.status = new
+        if new is ClientStatus.ENDED:
+            client.ended_at = now
+        elif new is ClientStatus.ACTIVE:
+            client.ended_at = None
+        audit.record(
+            session,
+            "client",
+            f"client.status.{new.value}",
+            client_alias=client.alias,
+            responsible_worker_id=client.assigned_worker_id,
+        )
+        reason = {
+            ClientStatus.ENDED: "client_stopped",
+            ClientStatus.PAUSED: "client_paused",
+            ClientStatus.ACTIVE: "client_resumed",
+        }[new]
+        if reason not in notified and old is not ClientStatus.INVITED:
+            self._notify_worker(session, client, reason)
+            notified.add(reason)
+
+    def _wipe(self, session: Session, client: Client, state: _State, now: datetime) -> None:
+        """Delete every message of her chat that can still be deleted (48 h), hers and the
+        bot's, and forget what she typed (nickname, free-text answers)."""
+        self._delete_messages(session, client, now, older_than=None)
+        state.fields.clear()
+        session.execute(
+            update(CheckIn).where(CheckIn.client_id == client.id).values(answer_enc=None)
+        )
+        audit.record(
+            session,
+            "client",
+            "client.wipe",
+            client_alias=client.alias,
+            responsible_worker_id=client.assigned_worker_id,
+        )
+
+    def _delete_messages(
+        self, session: Session, client: Client, now: datetime, *, older_than: datetime | None
+    ) -> int:
+        session.flush()
+        stmt = select(ChatMessage).where(
+            ChatMessage.client_id == client.id, ChatMessage.deleted_at.is_(None)
+        )
+        if older_than is not None:
+            stmt = stmt.where(ChatMessage.at <= older_than)
+        rows = session.scalars(stmt.order_by(ChatMessage.message_id)).all()
+        limit = now - DELETE_WINDOW + _DELETE_MARGIN
+        ids = [row.message_id for row in rows if row.at > limit]
+        for row in rows:
+            row.deleted_at = now
+        if ids and client.chat_id_enc is not None:
+            outbox.enqueue(
+                session,
+                self.care.vault,
+                client,
+                {"type": "delete", "message_ids": ids},
+                kind="delete",
+                priority=OutboxPriority.REPLY,
+                client_id=client.id,
+            )
+        return len(ids)
+
+    def _remember(
+        self, session: Session, client: Client, message_id: int | None, now: datetime
+    ) -> None:
+        """Record her message id, so that wipe and auto-delete can remove it later."""
+        if message_id is None:
+            return
+        known = session.scalars(
+            select(ChatMessage.id).where(
+                ChatMessage.client_id == client.id, ChatMessage.message_id == message_id
+            )
+        ).first()
+        if known is None:
+            session.add(
+                ChatMessage(client_id=client.id, message_id=message_id, from_bot=False, at=now)
+            )
+            session.flush()
+
+    # ------------------------------------------------------------------ leave no trace
+
+    async def auto_delete(self) -> int:
+        """Delete, for every client who chose it, the chat messages older than her N hours.
+
+        Run periodically (the runtime does it every few minutes); returns how many message
+        ids were queued for deletion.
+        """
+        deleted = await asyncio.to_thread(self._auto_delete)
+        if deleted:
+            self.wake()
+        return deleted
+
+    def _auto_delete(self) -> int:
+        now = self.clock.now()
+        total = 0
+        with self.care.sessions.begin() as session:
+            clients = session.scalars(
+                select(Client).where(
+                    Client.auto_delete_hours.is_not(None), Client.chat_id_enc.is_not(None)
+                )
+            ).all()
+            for client in clients:
+                hours = client.auto_delete_hours
+                if hours is None or not 1 <= hours <= 47:
+                    continue
+                total += self._delete_messages(
+                    session, client, now, older_than=now - timedelta(hours=hours)
+                )
+        if total:
+            log.info("auto_delete.queued messages=%d", total)
+        return total
+
+
+def _button_rows(choices: Sequence[dialogues.Choice]) -> list[list[list[str]]]:
+    """Buttons in rows: up to three short labels side by side, otherwise one per row."""
+    if not choices:
+        return []
+    pairs = [[c.id, c.label] for c in choices]
+    if len(pairs) <= 3 and all(len(c.label) <= 14 for c in choices):
+        return [pairs]
+    return [[pair] for pair in pairs]
+
+
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "CareError",
+    "ConversationService",
+    "Handled",
+    "Inbound",
+    "Understander",
+    "format_when",
+    "in_office_hours",
+    "notice_text",
+    "text_for",
+]
