@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from bot.cli.app import care, main
 from care import flow_versions
@@ -31,6 +27,7 @@ from dialogues import (
     Escalate,
     Event,
     Input,
+    Library,
     NotifyWorker,
     Report,
     Say,
@@ -48,8 +45,7 @@ from dialogues import (
 )
 from dialogues.graph import to_mermaid
 from dialogues.validate import validate_file
-
-NLU_DATA_DIR = Path(__file__).resolve().parents[2] / "nlu" / "data"
+from nlu import NluConfig, build_nlu, defined_intents
 
 
 @main.group()
@@ -57,33 +53,9 @@ def dialogues() -> None:
     """Check, try, publish and roll back the dialogue flows in dialogues/content/."""
 
 
-def known_intents() -> frozenset[str] | None:
-    """The intents the NLU training data defines (None if there is no training data)."""
-    try:
-        nlu: Any = importlib.import_module("nlu")
-        defined: Callable[[], frozenset[str]] | None = getattr(nlu, "defined_intents", None)
-        if defined is not None:
-            return frozenset(defined())
-    except ImportError:
-        pass
-    return _intents_from_files(NLU_DATA_DIR)
-
-
-def _intents_from_files(root: Path) -> frozenset[str] | None:
-    files = sorted(root.glob("*/*.yml"))
-    if not files:
-        return None
-    intents: set[str] = set()
-    yaml = YAML(typ="safe", pure=True)
-    for path in files:
-        try:
-            data = yaml.load(path.read_text(encoding="utf-8"))
-        except (OSError, YAMLError, UnicodeDecodeError):
-            continue
-        for item in (data or {}).get("nlu", []) if isinstance(data, dict) else []:
-            if isinstance(item, dict) and isinstance(item.get("intent"), str):
-                intents.add(item["intent"])
-    return frozenset(intents)
+def known_intents() -> frozenset[str]:
+    """The intents the NLU training data defines (the validator's check against nlu/data)."""
+    return defined_intents()
 
 
 def _print_report(report: Report, what: str) -> None:
@@ -156,29 +128,26 @@ TRY_HELP = (
 )
 
 
-def _understander(lang_hint: str) -> Callable[[str, str], TextInput] | None:
-    """Live NLU from `nlu.build_nlu` when the nlu package has it, else None."""
-    try:
-        nlu: Any = importlib.import_module("nlu")
-        build, config = getattr(nlu, "build_nlu", None), getattr(nlu, "NluConfig", None)
-        if build is None or config is None:
-            return None
-        engine = build(config())
-    except Exception:  # any failure to build it means: try without live NLU
-        return None
+class _LiveNlu:
+    """The real NLU (embedded backend by default), on one event loop for the whole session."""
 
-    def understand(text: str, lang: str) -> TextInput:
-        found = asyncio.run(engine.understand(text, lang))
-        safety = found.safety
+    def __init__(self) -> None:
+        self._runner = asyncio.Runner()
+        self._nlu = build_nlu(NluConfig())
+
+    def __call__(self, text: str, lang: str) -> TextInput:
+        found = self._runner.run(self._nlu.understand(text, lang))
         return TextInput(
             text,
             intent=found.result.intent,
             confidence=found.result.confidence,
-            safety=safety.severity,
-            safety_category=safety.category,
+            safety=found.safety.severity,
+            safety_category=found.safety.category,
         )
 
-    return understand
+    def close(self) -> None:
+        self._runner.run(self._nlu.aclose())
+        self._runner.close()
 
 
 def parse_try_line(
@@ -228,9 +197,19 @@ def try_flow(flow: str, lang: str, after_hours: bool, no_nlu: bool) -> None:
     library = report.library()
     if flow not in library.flows:
         raise click.UsageError(f"no flow '{flow}'; there are: {', '.join(sorted(library.flows))}")
-    understand = None if no_nlu else _understander(lang)
+    understand = None if no_nlu else _LiveNlu()
     click.echo(TRY_HELP + ("" if understand else " (No live NLU: use #intent.)"))
-    context = sample_context(lang, office_hours=not after_hours)
+    try:
+        _chat(library, flow, lang, not after_hours, understand)
+    finally:
+        if understand is not None:
+            understand.close()
+
+
+def _chat(
+    library: Library, flow: str, lang: str, office_hours: bool, understand: _LiveNlu | None
+) -> None:
+    context = sample_context(lang, office_hours=office_hours)
     try:
         step = start(library.active(flow), context, lang, flows=library)
     except DialogueError as error:
