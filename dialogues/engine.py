@@ -160,7 +160,7 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
         new = _run(flow, waiting.timeout, session.lang, session.turn, context, flows, events)
         return Step(new, tuple(events))
 
-    button = _chosen(session, flow, waiting, input)
+    button = _chosen(session, flow, waiting, input, context)
     if button is not None:
         if isinstance(waiting, AskNode) and waiting.save_as and button.value is not None:
             events.append(SetField(waiting.save_as, button.value))
@@ -243,7 +243,9 @@ def _handles(node: SayNode | AskNode, intent: str) -> bool:
     return isinstance(node, AskNode) and intent in node.intents
 
 
-def _chosen(session: Session, flow: Flow, node: SayNode | AskNode, input: Input) -> Button | None:
+def _chosen(
+    session: Session, flow: Flow, node: SayNode | AskNode, input: Input, context: Context
+) -> Button | None:
     """The button her input picks: a valid choice id, the button's intent, or its label typed."""
     assert session.node is not None
     if isinstance(input, ChoiceInput):
@@ -260,7 +262,7 @@ def _chosen(session: Session, flow: Flow, node: SayNode | AskNode, input: Input)
     typed = _simplify(input.text)
     lang = _flow_language(flow, session.lang)
     for button in node.buttons:
-        if typed and typed == _simplify(button.label.get(lang, "")):
+        if typed and typed == _simplify(_text(button.label, lang, context)):
             return button
     return None
 

@@ -276,29 +276,6 @@ class TriggersSpec(_Model):
     texts: EngineTexts
 
 
-def successors(node: Node) -> list[tuple[str, str]]:
-    """Where a node can go next within its flow, as (label, node id) pairs."""
-    out: list[tuple[str, str]] = []
-    if isinstance(node, SayNode | AskNode):
-        out += [(f"button {b.id}", b.next or node.next or "") for b in node.buttons]
-        if node.timeout:
-            out.append(("timeout", node.timeout))
-        if isinstance(node, AskNode):
-            out += [(f"intent {i}", n) for i, n in node.intents.items()]
-            if node.otherwise:
-                out.append(("otherwise", node.otherwise))
-        if isinstance(node, SayNode) and not node.buttons and node.next:
-            out.append(("next", node.next))
-    elif isinstance(node, BranchNode):
-        out += [(f"{node.flag}", node.then), (f"not {node.flag}", node.else_)]
-    elif isinstance(node, JumpNode):
-        if node.flow is None and node.node:
-            out.append(("jump", node.node))
-    elif not isinstance(node, EndNode) and node.next:
-        out.append(("next", node.next))
-    return [(label, target) for label, target in out if target]
-
-
 def waits(node: Node) -> bool:
     """True when the engine stops at this node to wait for her answer."""
     return isinstance(node, AskNode) or (isinstance(node, SayNode) and bool(node.buttons))
