@@ -502,7 +502,11 @@ class FakeTelegram:
         self._clock_offset = 0.0
         self._faults: list[_Fault] = []
         self._blocked: set[int] = set()
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        # Waiters for a message count in one chat sit under that chat id and are woken only by
+        # sends there; everything else sits under None and wakes on any change.
+        self._async_waiters: dict[
+            int | None, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]
+        ] = collections.defaultdict(list)
         self.internal_errors: list[str] = []
         """Tracebacks of requests that crashed the fake (answered 500). Should stay empty."""
 
@@ -981,8 +985,9 @@ class FakeTelegram:
         deadline = loop.time() + timeout
         event = asyncio.Event()
         waiter = (loop, event)
+        key = None if callable(condition) else chat_id
         with self._lock:
-            self._async_waiters.append(waiter)
+            self._async_waiters[key].append(waiter)
         try:
             while True:
                 event.clear()
@@ -996,7 +1001,9 @@ class FakeTelegram:
                     await asyncio.wait_for(event.wait(), remaining)
         finally:
             with self._lock:
-                self._async_waiters.remove(waiter)
+                self._async_waiters[key].remove(waiter)
+                if not self._async_waiters[key]:
+                    del self._async_waiters[key]
 
     def _check(self, condition: Condition, chat_id: int | None) -> Callable[[], bool]:
         if callable(condition):
@@ -1013,12 +1020,18 @@ class FakeTelegram:
         where = "in all" if chat_id is None else "to the chat"
         return f"waited {timeout} s for {condition} sent messages {where}, saw {seen}"
 
-    def _notify(self) -> None:
-        """Wake everything that waits on a change; call with the lock held."""
+    def _notify(self, chat_id: int | None = None) -> None:
+        """Wake what waits on a change (in ``chat_id``); call with the lock held."""
         self._changed.notify_all()
-        for loop, event in self._async_waiters:
-            with contextlib.suppress(RuntimeError):  # the loop closed under a waiter
-                loop.call_soon_threadsafe(event.set)
+        if not self._async_waiters:
+            return
+        keys: tuple[int | None, ...] = (None,) if chat_id is None else (None, chat_id)
+        for key in keys:
+            for loop, event in self._async_waiters.get(key, ()):
+                if event.is_set():
+                    continue
+                with contextlib.suppress(RuntimeError):  # the loop closed under a waiter
+                    loop.call_soon_threadsafe(event.set)
 
     # ------------------------------------------------------------------ faults and limits
 
@@ -1607,6 +1620,7 @@ class FakeTelegram:
         self._accepted += 1
         self._sent_total += 1
         self._sent_per_chat[chat_id] += 1
+        self._notify(chat_id)
         return stored
 
     def _count_text(self, chat_id: int, text: str) -> None:
@@ -1734,6 +1748,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets connections when PTB opens many at once.
+    request_queue_size = 1024
 
     def __init__(self, fake: FakeTelegram) -> None:
         self.fake = fake
