@@ -8,6 +8,7 @@ raises a "high" verdict (see `nlu.service`), which is exactly what `Nlu.understa
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import tempfile
@@ -64,13 +65,19 @@ def run_embedded(data: TrainingData, folds: Folds, progress: Progress | None = N
         if progress:
             progress(f"embedded {data.lang}: fold {number}/{len(folds)}")
         classifier = IntentClassifier.train([texts[i] for i in train], [labels[i] for i in train])
-        for i in test:
-            started = time.perf_counter()
-            ranking = classifier.rank(texts[i])
-            run.parse_seconds.append(time.perf_counter() - started)
-            run.texts.append(texts[i])
-            run.truth.append(labels[i])
-            run.rankings.append(ranking)
+        classifier.rank(texts[test[0]])  # warm-up: the first call pays for lazy imports
+        gc.collect()
+        gc.disable()  # time the parse, not the collection of the training's garbage
+        try:
+            for i in test:
+                started = time.perf_counter()
+                ranking = classifier.rank(texts[i])
+                run.parse_seconds.append(time.perf_counter() - started)
+                run.texts.append(texts[i])
+                run.truth.append(labels[i])
+                run.rankings.append(ranking)
+        finally:
+            gc.enable()
     return run
 
 

@@ -9,6 +9,7 @@ processes in it; it never imports Rasa.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -77,14 +78,9 @@ def pipeline_config(lang: str) -> str:
     yaml = YAML(typ="safe", pure=True)
     config = yaml.load(PIPELINE_CONFIG.read_text("utf-8"))
     config["language"] = lang
-    lines: list[str] = []
-
-    class _Sink:
-        def write(self, chunk: str) -> None:
-            lines.append(chunk)
-
-    YAML(typ="safe", pure=True).dump(config, _Sink())
-    return "".join(lines)
+    out = io.StringIO()
+    yaml.dump(config, out)
+    return out.getvalue()
 
 
 def model_path(lang: str, cache_dir: Path, data_dir: Path = DATA_DIR) -> Path:

@@ -94,7 +94,7 @@ class Nlu:
             return
         try:
             await self._backend.start()
-        except BackendError:
+        except Exception:  # BackendUnavailable, or anything else: start on the fallback
             self._mark_down()
 
     async def understand(self, text: str, lang: str) -> Understanding:
@@ -123,6 +123,9 @@ class Nlu:
             try:
                 result = await self._backend.parse(text, lang)
             except BackendError:
+                self._mark_down()
+            except Exception:  # a bug in an adapter must not cost her the message either
+                logger.exception("nlu.backend_failed", extra={"backend": self._backend.name})
                 self._mark_down()
             else:
                 if self._down_since is not None:
