@@ -74,7 +74,8 @@ Telegram documents. Texts are stored as sent (no ``parse_mode`` rendering); leng
 in code points, not UTF-16 units. Only ``send*`` methods count for the rate limits.
 
 The fake logs nothing, and all state is guarded by one lock: the bot sends from its event
-loop while the test reads. A request that crashes the fake answers 500 and is kept in
+loop while the test reads. ``tests.fakes.remote.RemoteFakeTelegram`` runs the same fake in a
+child process for benchmarks, so that it does not share the bot's GIL. A request that crashes the fake answers 500 and is kept in
 ``fake.internal_errors``; the pytest fixture fails the test when that list is not empty.
 """
 

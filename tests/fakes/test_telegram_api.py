@@ -37,7 +37,9 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
+from tests.fakes.remote import RemoteFakeTelegram
 from tests.fakes.telegram_api import (
+    DEFAULT_TOKEN,
     SAMPLES,
     FakeTelegram,
     FakeTelegramError,
@@ -764,3 +766,24 @@ async def test_stop_ends_a_pending_long_poll_quickly() -> None:
         except NetworkError:  # the answer may race the closing socket
             result = ()
         assert result == ()
+
+
+# ---------------------------------------------------------------------- in a child process
+
+
+async def test_remote_fake_serves_the_same_api_from_a_child_process() -> None:
+    async with RemoteFakeTelegram() as fake:
+        assert fake.token == DEFAULT_TOKEN
+        async with telegram.Bot(fake.token, base_url=fake.base_url) as bot:
+            update_id = fake.push_text(CHAT, "hoi")
+            [update] = await bot.get_updates()
+            assert update.update_id == update_id
+            await bot.send_message(CHAT, "hallo", protect_content=True)
+            [sent] = await fake.wait_for_async(1, chat_id=CHAT, timeout=2)
+            assert (sent.text, sent.protect_content) == ("hallo", True)
+            await fake.wait_for_async(lambda: fake.stats.messages_accepted == 1, timeout=2)
+            fake.fail_next("sendMessage", 429, retry_after=2)
+            with pytest.raises(RetryAfter):
+                await bot.send_message(CHAT, "te snel")
+        assert fake.delivered_at(update_id) is not None
+        assert fake.internal_errors == []
