@@ -75,8 +75,9 @@ in code points, not UTF-16 units. Only ``send*`` methods count for the rate limi
 
 The fake logs nothing, and all state is guarded by one lock: the bot sends from its event
 loop while the test reads. ``tests.fakes.remote.RemoteFakeTelegram`` runs the same fake in a
-child process for benchmarks, so that it does not share the bot's GIL. A request that crashes the fake answers 500 and is kept in
-``fake.internal_errors``; the pytest fixture fails the test when that list is not empty.
+child process for benchmarks, so that it does not share the bot's GIL. A request that crashes
+the fake answers 500 and is kept in ``fake.internal_errors``; the pytest fixture fails the test
+when that list is not empty.
 """
 
 from __future__ import annotations
