@@ -33,6 +33,10 @@ PG_URL_TEMPLATE = os.environ.get(
 )
 BACKENDS = ["sqlite", "postgres"]
 
+# python-telegram-bot 22 warns (an error under filterwarnings=error) when retry_after is read as
+# an int; with this set it is a timedelta everywhere, as the application sets it too.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the PostgreSQL lane so that `-m "not postgres"` can leave it out locally."""
