@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 
 from care.settings import WEEKDAYS, TimeWindow, parse_hhmm
 from reminders.errors import InvalidSchedule
@@ -46,6 +47,51 @@ def parse_days(text: str) -> tuple[str, ...]:
     return tuple(d for d in WEEKDAYS if d in days)
 
 
+class CheckinTrigger(BaseTrigger):  # type: ignore[misc]
+    """Fires on her weekdays at her local clock time, once per local day.
+
+    APScheduler 3.11's CronTrigger returns the repeated hour of a fall-back night again and
+    again (the scheduler would loop); this trigger takes the first of the two, and a time
+    that does not exist on a spring-forward night is moved on by the gap, once.
+    """
+
+    def __init__(self, days: tuple[str, ...], at: time, timezone: str) -> None:
+        self.days = tuple(days)
+        self.at = at
+        self.timezone = timezone
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"version": 1, "days": self.days, "at": self.at, "timezone": self.timezone}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.days = tuple(state["days"])
+        self.at = state["at"]
+        self.timezone = str(state["timezone"])
+
+    def __str__(self) -> str:
+        return f"checkin[{','.join(self.days)} {self.at:%H:%M} {self.timezone}]"
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        """The first check-in moment at or after `now` and after the previous one (UTC)."""
+        zone = ZoneInfo(self.timezone)
+        earliest = (
+            now
+            if previous_fire_time is None
+            else max(now, previous_fire_time + timedelta(seconds=1))
+        )
+        day = earliest.astimezone(zone).date() - timedelta(days=1)
+        wanted = {i for i, name in enumerate(WEEKDAYS) if name in self.days}
+        for _ in range(16):
+            if day.weekday() in wanted:
+                moment = datetime.combine(day, self.at, tzinfo=zone).astimezone(UTC)
+                if moment >= earliest:
+                    return moment
+            day += timedelta(days=1)
+        return None
+
+
 @dataclass(frozen=True)
 class CheckinSchedule:
     """A client's check-ins: weekdays, local time and time zone, and her quiet hours."""
@@ -76,40 +122,25 @@ class CheckinSchedule:
             )
         return schedule
 
-    def trigger(self) -> CronTrigger:
-        """The APScheduler trigger: her days and time, in her time zone."""
-        return CronTrigger(
-            day_of_week=",".join(self.days),
-            hour=self.at.hour,
-            minute=self.at.minute,
-            timezone=self.zone,
-        )
+    def trigger(self) -> CheckinTrigger:
+        """The APScheduler trigger: her days and local time, in her time zone."""
+        return CheckinTrigger(self.days, self.at, self.zone.key)
 
     def local_day(self, moment: datetime) -> date:
         """Her calendar day at `moment` (one check-in per day at most)."""
         return moment.astimezone(self.zone).date()
 
     def fire_times(self, start: datetime, end: datetime) -> list[datetime]:
-        """Check-in moments (UTC) in [start, end), at most one per local day.
-
-        A daylight-saving change never doubles a check-in (the fall-back hour repeats a local
-        time; the second one is dropped) and never moves it off her local clock time.
-        """
+        """Check-in moments (UTC) in [start, end)."""
         trigger = self.trigger()
         found: list[datetime] = []
-        seen: set[date] = set()
         previous: datetime | None = None
-        now = start
         while True:
-            fire = trigger.get_next_fire_time(previous, now)
+            fire = trigger.get_next_fire_time(previous, start)
             if fire is None or fire >= end:
                 return found
-            day = self.local_day(fire)
-            if day not in seen:
-                seen.add(day)
-                found.append(fire.astimezone(UTC))
+            found.append(fire)
             previous = fire
-            now = fire + timedelta(microseconds=1)
 
     def last_due(self, now: datetime) -> datetime | None:
         """The latest check-in moment at or before `now` (looking back up to eight days)."""

@@ -97,3 +97,38 @@ class FakeChannel:
             if time.monotonic() > deadline:
                 raise AssertionError(f"waited for {count} deliveries, saw {len(self.deliveries)}")
             await asyncio.sleep(0.01)
+
+
+@dataclass
+class FakeConversation:
+    """Stands in for `ConversationService.start_flow`: records calls, refuses a repeated key."""
+
+    calls: list[dict[str, object]] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+    async def start_flow(
+        self,
+        client_id: int,
+        flow: str,
+        *,
+        context: object = None,
+        priority: object = None,
+        dedupe_key: str | None = None,
+        expires_at: object = None,
+    ) -> bool:
+        """Record the call; False for a dedupe key seen before."""
+        if dedupe_key is not None and dedupe_key in self.keys:
+            return False
+        if dedupe_key is not None:
+            self.keys.add(dedupe_key)
+        self.calls.append(
+            {
+                "client_id": client_id,
+                "flow": flow,
+                "context": dict(context or {}),  # type: ignore[call-overload]
+                "priority": priority,
+                "dedupe_key": dedupe_key,
+                "expires_at": expires_at,
+            }
+        )
+        return True
