@@ -153,18 +153,17 @@ def _answered(session: Session, checkin: CheckIn, until: datetime) -> bool:
 
 
 def evaluate(
-    session: Session, care: Care, client: Client, now: datetime, *, all_sent: bool
+    session: Session, care: Care, client: Client, now: datetime, before: datetime | None = None
 ) -> None:
     """Settle her sent check-ins as answered or missed; notify her worker after N missed.
 
-    `all_sent`: settle every sent check-in (a new one is about to go out); otherwise only
-    those older than the answer window.
+    `before`: settle those due before this moment (a new check-in is due then); otherwise
+    those whose answer window has passed.
     """
     stmt = select(CheckIn).where(
         CheckIn.client_id == client.id, CheckIn.status == CheckInStatus.SENT
     )
-    if not all_sent:
-        stmt = stmt.where(CheckIn.due_at <= now - ANSWER_WINDOW)
+    stmt = stmt.where(CheckIn.due_at < (before if before is not None else now - ANSWER_WINDOW))
     alert_after = care.settings.reminders.missed_checkins_alert_after
     for checkin in session.scalars(stmt.order_by(CheckIn.due_at)):
         if _answered(session, checkin, now):
@@ -209,7 +208,7 @@ def evaluate_all(care: Care, now: datetime) -> None:
         with care.sessions() as session, session.begin():
             client = session.get(Client, client_id, with_for_update=True)
             if client is not None:
-                evaluate(session, care, client, now, all_sent=False)
+                evaluate(session, care, client, now)
 
 
 def _prepare(care: Care, client_id: int, now: datetime) -> tuple[datetime, datetime, str] | None:
@@ -220,8 +219,8 @@ def _prepare(care: Care, client_id: int, now: datetime) -> tuple[datetime, datet
             jobstore.remove_jobs(session, [job_id(client_id)])
             return None
         schedule = schedule_of(care, client)
-        evaluate(session, care, client, now, all_sent=True)
         due, reason = checkin_decision(now, schedule)
+        evaluate(session, care, client, now, before=due)
         if reason is None and client.unreachable:
             reason = "unreachable"
         elif reason is None and client.status is not ClientStatus.ACTIVE:
