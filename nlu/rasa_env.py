@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 from ruamel.yaml import YAML
@@ -160,6 +161,7 @@ class RasaServer:
         self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -176,7 +178,9 @@ class RasaServer:
             "--port", str(self.port),
         ]  # fmt: skip
         self._workdir = tempfile.TemporaryDirectory(prefix="aftercare-rasa-run-")
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        if self.log_file is not None:
+            self._log = open(self.log_file, "ab")  # noqa: SIM115  (closed in stop())
+        log = self._log if self._log is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
             command, cwd=self._workdir.name, env=rasa_process_env(), stdout=log, stderr=log
         )
@@ -206,6 +210,9 @@ class RasaServer:
                 self._process.kill()
                 self._process.wait(timeout=15)
         self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

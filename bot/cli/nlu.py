@@ -16,7 +16,7 @@ from bot.cli.app import main, settings
 from care.settings import resolve_path
 from nlu import NluConfig, NluError, Understanding, build_nlu
 from nlu.config import BackendName
-from nlu.data import available_languages, load_training_data
+from nlu.data import load_training_data
 
 BACKENDS = click.Choice(["embedded", "rasa"])
 
@@ -41,7 +41,6 @@ def _config(backend: BackendName | None = None) -> NluConfig:
     token = s.nlu.rasa_token.get_secret_value() if s.nlu.rasa_token else None
     return NluConfig(
         backend=backend or s.nlu.backend,
-        languages=available_languages() or ("nl", "en"),
         confidence_threshold=s.nlu.confidence_threshold,
         rasa_url=s.nlu.rasa_url,
         rasa_token=token,
