@@ -29,6 +29,7 @@ from sqlalchemy import MetaData
 
 from care.clock import Clock, SystemClock
 from care.context import Care
+from care.db import make_engine
 from care.models import Appointment, scheduler_jobs
 from care.outbox import record_skip
 from reminders import appointments, checkins, jobs
@@ -108,8 +109,10 @@ class Reminders:
         jobs.install(self)
         now = self.clock.now()
         made = await asyncio.to_thread(checkins.ensure_jobs, self.care, now)
+        # An engine of its own: the job store disposes its engine when the scheduler stops.
+        engine = make_engine(self.care.engine.url.render_as_string(hide_password=False))
         store = SQLAlchemyJobStore(
-            engine=self.care.engine, tablename=scheduler_jobs.name, metadata=MetaData()
+            engine=engine, tablename=scheduler_jobs.name, metadata=MetaData()
         )
         scheduler = AsyncIOScheduler(
             jobstores={"default": store, "local": MemoryJobStore()},

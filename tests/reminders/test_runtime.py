@@ -1,0 +1,109 @@
+"""The real APScheduler: one scheduler at a time, jobs that fire, runs missed during downtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from care.context import Care
+from care.models import Client, Worker
+from care.outbox import skipped_sends
+from reminders import jobstore
+from reminders.appointments import create_appointment
+from reminders.checkins import JOB_FUNC, job_id
+from reminders.runtime import Reminders
+from reminders.timing import CheckinSchedule
+from tests.reminders.helpers import FakeConversation, make_people
+
+
+async def test_only_one_process_schedules_and_the_other_says_so(
+    care_ctx: Care, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Reminders(care_ctx, FakeConversation(), heartbeat_seconds=0.2)
+    second = Reminders(care_ctx, FakeConversation(), standby_retry_seconds=0.2)
+    assert await first.start()
+    with caplog.at_level(logging.INFO, logger="reminders.runtime"):
+        assert not await second.start()
+    assert "does not schedule" in caplog.text
+    assert first.scheduling and not second.scheduling
+    await first.stop()
+    for _ in range(50):  # the standby takes over once the lock is free
+        if second.scheduling:
+            break
+        await asyncio.sleep(0.1)
+    assert second.scheduling
+    await second.stop()
+
+
+async def test_a_reminder_job_fires_and_starts_her_flow(care_ctx: Care) -> None:
+    reminders = care_ctx.settings.reminders.model_copy(
+        update={"appointment_offsets_hours": (1 / 60,)}
+    )
+    care_ctx.settings = care_ctx.settings.model_copy(update={"reminders": reminders})
+    people = make_people(care_ctx, clients=1)
+    now = datetime.now(UTC)
+    with care_ctx.sessions() as session, session.begin():
+        client = session.get(Client, people.client_ids[0])
+        worker = session.get(Worker, people.worker_id)
+        assert client is not None and worker is not None
+        # Keep her quiet hours away from the time this test runs.
+        quiet_start = (now + timedelta(hours=12)).astimezone(UTC)
+        client.timezone = "UTC"
+        client.quiet_hours = f"{quiet_start:%H}:00-{(quiet_start + timedelta(hours=1)):%H}:00"
+        starts = now + timedelta(seconds=62)
+        appointment = create_appointment(session, care_ctx, client, worker, starts, "Hier", now=now)
+        appointment_id = appointment.id
+    conversation = FakeConversation()
+    runtime = Reminders(care_ctx, conversation)
+    assert await runtime.start()
+    try:
+        for _ in range(60):
+            if conversation.calls:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await runtime.stop()
+    assert [c["dedupe_key"] for c in conversation.calls] == [f"appt:{appointment_id}:1"]
+    with care_ctx.sessions() as session:
+        assert jobstore.job_times(session, "appt:") == {}  # a date job is gone once it ran
+
+
+async def test_a_checkin_missed_during_downtime_is_recorded_for_her_worker(care_ctx: Care) -> None:
+    people = make_people(care_ctx, clients=1)
+    client_id = people.client_ids[0]
+    long_ago = datetime.now(UTC) - timedelta(hours=9)
+    schedule = CheckinSchedule.of(
+        "mon", "16:00", "UTC", None, care_ctx.settings.reminders.quiet_hours
+    )
+    with care_ctx.sessions() as session, session.begin():
+        jobstore.put_job(
+            session,
+            job_id(client_id),
+            JOB_FUNC,
+            (client_id,),
+            schedule.trigger(),
+            next_run_time=long_ago,
+            misfire_grace_time=6 * 3600,
+            coalesce=True,
+        )
+    conversation = FakeConversation()
+    runtime = Reminders(care_ctx, conversation)
+    assert await runtime.start()
+    try:
+        for _ in range(50):
+            with care_ctx.sessions() as session:
+                skips = skipped_sends(session, client_id)
+            if skips:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await runtime.stop()
+    assert [(s.kind, s.reason, s.ref) for s in skips] == [
+        ("checkin", "missed_downtime", f"checkin:{client_id}")
+    ]
+    assert conversation.calls == []
+    with care_ctx.sessions() as session:  # the job stays, for her next check-in
+        assert set(jobstore.job_times(session, "checkin:")) == {job_id(client_id)}
