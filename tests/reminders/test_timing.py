@@ -24,7 +24,7 @@ QUIET = TimeWindow(start=time(22, 0), end=time(8, 0))
 
 
 def local(*args: int, zone: ZoneInfo = AMS) -> datetime:
-    return datetime(*args, tzinfo=zone)  # type: ignore[misc]
+    return datetime(*args, tzinfo=zone)  # type: ignore[misc,arg-type]
 
 
 def schedule(
@@ -102,9 +102,10 @@ def test_an_early_morning_appointment_gets_its_short_reminder_the_evening_before
 
 def test_after_downtime_a_reminder_goes_once_and_never_after_the_appointment_began() -> None:
     starts = local(2026, 5, 12, 14, 0)
-    decide = lambda now, offset: appointment_reminder_decision(  # noqa: E731
-        now, starts, offset, (24.0, 2.0), AMS, QUIET
-    )
+
+    def decide(now: datetime, offset: int) -> str | None:
+        return appointment_reminder_decision(now, starts, offset, (24.0, 2.0), AMS, QUIET)
+
     assert decide(local(2026, 5, 11, 14, 5), 1440) is None  # five minutes late: still useful
     assert decide(local(2026, 5, 12, 12, 30), 1440) == "superseded"  # the 2 h one is due
     assert decide(local(2026, 5, 12, 12, 30), 120) is None
