@@ -6,7 +6,7 @@
 # nl listens on ${AFTERCARE_RASA_PORT_NL:-5005}, en on ${AFTERCARE_RASA_PORT_EN:-5006}; point the
 # bot at them with AFTERCARE_RASA_URL="nl=http://127.0.0.1:5005,en=http://127.0.0.1:5006" and
 # the same AFTERCARE_RASA_TOKEN. Models are trained first when nlu/data changed (cached by hash in
-# ${AFTERCARE_NLU_CACHE_DIR:-~/.cache/aftercare/nlu}). Ctrl-C stops both servers.
+# config.yml's nlu.cache_dir, or $AFTERCARE_NLU_CACHE_DIR). Ctrl-C stops both servers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -18,7 +18,10 @@ fi
 bash nlu/rasa/make_env.sh
 VENV="${AFTERCARE_RASA_VENV:-$HOME/.cache/aftercare/rasa-3.6.21}"
 PY="${AFTERCARE_PY:-.venv/bin/python}"
-CACHE="${AFTERCARE_NLU_CACHE_DIR:-$HOME/.cache/aftercare/nlu}"
+# The same model cache as `aftercare nlu train --backend rasa`: config.yml's nlu.cache_dir.
+CACHE="${AFTERCARE_NLU_CACHE_DIR:-$("$PY" -c 'from care.settings import load_settings, resolve_path
+s = load_settings()
+print(resolve_path(s, s.nlu.cache_dir))')}"
 export RASA_TELEMETRY_ENABLED=false TF_CPP_MIN_LOG_LEVEL=3 SQLALCHEMY_SILENCE_UBER_WARNING=1
 
 model_for() {
