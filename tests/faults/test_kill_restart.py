@@ -49,7 +49,7 @@ def fake() -> Iterator[FakeTelegram]:
 
 
 def _burst(database_url: str, settings: Settings, key_set: dict[str, object]) -> Care:
-    keyring = keyring_from_set(key_set, "test keys")  # type: ignore[arg-type]
+    keyring = keyring_from_set(key_set, "test keys")
     engine = make_engine(database_url)
     care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
     people = make_people(care, clients=BURST)
