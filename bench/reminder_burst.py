@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import select
 from telegram import Bot
 
 from bot.telegram import TelegramChannel
@@ -36,7 +37,7 @@ from care.conversation import ConversationService
 from care.crypto import keyring_from_set, new_key_set
 from care.db import make_engine, make_sessionmaker, upgrade
 from care.flow_versions import FlowStore
-from care.models import Client, OutboxPriority, Worker
+from care.models import Client, OutboxMessage, OutboxPriority, Worker
 from care.outbox import OutboxSender, enqueue
 from care.settings import DEFAULT_CONFIG, load_settings
 from care.vault import Vault
@@ -119,6 +120,22 @@ async def _escalation_delays(
     return [arrived[t] - raised[t] for t in raised]
 
 
+async def _all_written(care: Care, clients: int) -> float:
+    """When the jobs had written every reminder (as outbox rows)."""
+
+    def count() -> int:
+        with care.sessions() as session:
+            return len(
+                session.scalars(
+                    select(OutboxMessage.id).where(OutboxMessage.kind != "escalation")
+                ).all()
+            )
+
+    while await asyncio.to_thread(count) < clients:  # noqa: ASYNC110 (another process's rows)
+        await asyncio.sleep(0.5)
+    return time.perf_counter()
+
+
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -147,6 +164,8 @@ async def run(clients: int, url: str) -> None:
         wait = (due - datetime.now(UTC)).total_seconds()
         await asyncio.sleep(max(wait, 0) + 1)
         before_429 = fake.stats.rate_limited
+        burst_began = time.perf_counter()
+        produced = asyncio.create_task(_all_written(care, clients))
         # Escalations in the middle of the burst (it lasts about clients / 30 s).
         await asyncio.sleep(min(20.0, clients / LIMIT / 4))
         during = await _escalation_delays(care, sender, fake, people.worker_id, "burst", 20, 1.5)
@@ -154,6 +173,7 @@ async def run(clients: int, url: str) -> None:
             lambda: sum(1 for c in range(clients) if fake.sent(10_000 + c)) >= clients,
             timeout=clients / LIMIT * 3 + 60,
         )
+        written_after = await produced
         await reminders.stop()
         await sender.stop()
         await bot.shutdown()
@@ -178,6 +198,10 @@ async def run(clients: int, url: str) -> None:
             f"{fake.stats.rate_limited - before_429}; target 0)"
         )
         print(f"lost: {lost}, duplicated: {doubled} (target 0 and 0)")
+        print(
+            f"the scheduler had written all {clients} reminders to the outbox "
+            f"{written_after - burst_began:.1f} s after they fell due (jobs -> start_flow)"
+        )
         print(
             f"escalation delay p99: {_p99(during):.2f} s during the burst (target < 2 s), "
             f"{_p99(baseline):.2f} s idle (baseline); ratio {_p99(during) / _p99(baseline):.1f}x; "
