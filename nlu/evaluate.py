@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ruamel.yaml import YAML
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold
 
@@ -27,7 +28,7 @@ from nlu.errors import RasaEnvironmentError
 from nlu.rasa_env import RASA_DIR, pipeline_config, rasa_bin, rasa_process_env
 from nlu.results import DANGER_INTENTS, IntentScore, NluResult, SafetyVerdict
 from nlu.safety import SafetyCheck
-from nlu.service import _doubtful_danger
+from nlu.service import Nlu, _doubtful_danger
 
 Folds = list[tuple[list[int], list[int]]]
 Progress = Callable[[str], None]
@@ -293,3 +294,49 @@ def format_comparison(reports: Sequence[Report]) -> str:
             + (f"{r.parse_p99_cpu_ms:>12.3f}" if r.parse_p99_cpu_ms is not None else f"{'-':>12}")
         )
     return "\n".join(lines)
+
+
+HOLDOUT = Path(__file__).resolve().parent / "eval" / "danger_holdout.yml"
+
+
+@dataclass
+class HoldoutResult:
+    """Danger recall on the held-out messages, and false alarms on harmless look-alikes."""
+
+    lang: str
+    caught: int
+    total: int
+    missed: list[tuple[str, str]]
+    false_alarms: list[str]
+    harmless: int
+
+    @property
+    def recall(self) -> float:
+        """Share of the held-out danger messages the NLU flags."""
+        return self.caught / max(self.total, 1)
+
+
+def load_holdout(lang: str, path: Path = HOLDOUT) -> tuple[list[tuple[str, str]], list[str]]:
+    """The held-out (text, category) danger messages and harmless messages of `lang`."""
+    document = YAML(typ="safe", pure=True).load(path.read_text("utf-8")) or {}
+    section = document.get(lang) or {}
+    danger = [(str(text), str(category)) for text, category in section.get("danger") or []]
+    return danger, [str(text) for text in section.get("harmless") or []]
+
+
+async def check_holdout(nlu: Nlu, lang: str, path: Path = HOLDOUT) -> HoldoutResult:
+    """Run the held-out messages through `Nlu.understand`, exactly as the bot would."""
+    danger, harmless = load_holdout(lang, path)
+    missed: list[tuple[str, str]] = []
+    for text, category in danger:
+        found = await nlu.understand(text, lang)
+        if not (found.safety.is_danger or found.result.intent in DANGER_INTENTS):
+            missed.append((text, category))
+    alarms = []
+    for text in harmless:
+        found = await nlu.understand(text, lang)
+        if found.safety.is_danger or found.result.intent in DANGER_INTENTS:
+            alarms.append(text)
+    return HoldoutResult(
+        lang, len(danger) - len(missed), len(danger), missed, alarms, len(harmless)
+    )

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import IO, Any
 
 import click
@@ -149,6 +150,22 @@ def train(backend: BackendName, langs: tuple[str, ...]) -> None:
             click.echo(f"rasa {lang}: done in {time.monotonic() - started:.0f} s -> {target}")
 
 
+async def _holdout(config: NluConfig, langs: tuple[str, ...]) -> None:
+    from nlu.evaluate import check_holdout
+
+    engine = build_nlu(config)
+    try:
+        for lang in langs or config.languages:
+            held = await check_holdout(engine, lang)
+            click.echo(
+                f"held-out danger messages ({lang}, embedded): {held.caught}/{held.total} caught "
+                f"(recall {held.recall:.3f}); harmless look-alikes flagged: "
+                f"{len(held.false_alarms)}/{held.harmless}"
+            )
+    finally:
+        await engine.aclose()
+
+
 class _RasaProgress:
     """Turns Rasa's training log into a short progress display."""
 
@@ -217,6 +234,8 @@ def evaluate(
                     click.echo(format_report(report) + "\n")
     click.echo(f"{folds}-fold cross-validation, threshold {cut:.2f}, same folds for each backend")
     click.echo(format_comparison(reports))
+    with _clear_errors():
+        asyncio.run(_holdout(replace(config, backend="embedded", confidence_threshold=cut), langs))
     if compare:
         for lang in langs or config.languages:
             pair = {r.backend: r for r in reports if r.lang == lang}
