@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import IO, Any
@@ -25,6 +25,16 @@ BACKENDS = click.Choice(["embedded", "rasa"])
 @main.group()
 def nlu() -> None:
     """Parse messages, train models and measure how well the NLU understands."""
+
+
+def _run(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` on a loop of its own that is closed after (it leaves the current loop be)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(work)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 @contextmanager
@@ -89,7 +99,7 @@ def parse(
     if (text is None) == (file is None):
         raise click.UsageError("Give either TEXT or --file FILE.")
     with _clear_errors():
-        asyncio.run(_parse(text, file, lang, _config(backend), as_json))
+        _run(_parse(text, file, lang, _config(backend), as_json))
 
 
 async def _parse(
@@ -235,7 +245,7 @@ def evaluate(
     click.echo(f"{folds}-fold cross-validation, threshold {cut:.2f}, same folds for each backend")
     click.echo(format_comparison(reports))
     with _clear_errors():
-        asyncio.run(_holdout(replace(config, backend="embedded", confidence_threshold=cut), langs))
+        _run(_holdout(replace(config, backend="embedded", confidence_threshold=cut), langs))
     if compare:
         for lang in langs or config.languages:
             pair = {r.backend: r for r in reports if r.lang == lang}

@@ -110,6 +110,7 @@ async def test_start_checks_version_of_every_server() -> None:
 
 async def test_the_token_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # the CLI quietens httpx; we want its lines
     backend = backend_with(httpx.MockTransport(lambda r: httpx.Response(200, json=PARSED)))
     await backend.parse("hoi", "nl")
     await backend.aclose()
