@@ -823,7 +823,8 @@ class ConversationService:
     ) -> None:
         name, value = event.name, event.value
         if name in ("mood", "safe", "checkin"):
-            checkin = self._current_checkin(session, client, now)
+            # A second mood means a new check-in (she asked for one, or the next one came).
+            checkin = self._current_checkin(session, client, now, fresh=name == "mood")
             if name == "mood":
                 checkin.mood = str(value)[:16]
             elif name == "safe":
@@ -842,7 +843,9 @@ class ConversationService:
             value = value[:80]
         state.fields[name] = value
 
-    def _current_checkin(self, session: Session, client: Client, now: datetime) -> CheckIn:
+    def _current_checkin(
+        self, session: Session, client: Client, now: datetime, *, fresh: bool
+    ) -> CheckIn:
         """The check-in she is answering: the one sent last, or the one she began answering."""
         recent = session.scalars(
             select(CheckIn)
@@ -854,9 +857,15 @@ class ConversationService:
             .order_by(CheckIn.due_at.desc(), CheckIn.id.desc())
             .limit(1)
         ).first()
-        if recent is not None and (
-            recent.status is CheckInStatus.SENT
-            or (recent.answered_at is not None and recent.answered_at > now - _CHECKIN_CONTINUES)
+        if (
+            recent is not None
+            and not (fresh and recent.mood is not None)
+            and (
+                recent.status is CheckInStatus.SENT
+                or (
+                    recent.answered_at is not None and recent.answered_at > now - _CHECKIN_CONTINUES
+                )
+            )
         ):
             return recent
         checkin = CheckIn(client_id=client.id, due_at=now, sent_at=now, status=CheckInStatus.SENT)

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from care import directory
-from care.clock import FakeClock
+from care.clock import Clock, FakeClock
 from care.context import Care
 from care.conversation import ConversationService, Inbound
 from care.models import Client, OutboxMessage, OutboxStatus, RecipientKind, Worker, WorkerRole
@@ -88,7 +88,7 @@ class World:
 
     care: Care
     service: ConversationService
-    clock: FakeClock
+    clock: Clock
     org_name: str
     worker_id: int
     client_id: int
@@ -103,7 +103,9 @@ class World:
         """An Inbound with fresh update and message ids."""
         update_id = fields.pop("update_id", next(self._updates))
         message_id = fields.pop("message_id", None if kind == "choice" else next(self._messages))
-        return Inbound(chat_id=chat_id, kind=kind, update_id=update_id, message_id=message_id, **fields)  # type: ignore[arg-type]
+        return Inbound(
+            chat_id=chat_id, kind=kind, update_id=update_id, message_id=message_id, **fields
+        )  # type: ignore[arg-type]
 
     async def text(self, text: str, chat_id: int = CLIENT_CHAT) -> Inbound:
         """Handle a text message."""
@@ -174,7 +176,7 @@ class World:
 def make_world(
     care: Care,
     *,
-    clock: FakeClock | None = None,
+    clock: Clock | None = None,
     flows: FlowSource | None = None,
     nlu: Any = None,
     desk: WorkerDesk | None = None,
