@@ -8,5 +8,5 @@ import os
 # filterwarnings=error that warning would become an exception.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-from tests.bot.harness import telegram_bot  # noqa: E402, F401  (fixtures, used by name)
-from tests.fakes.fixtures import fake_telegram  # noqa: E402, F401
+from tests.bot.harness import telegram_bot  # noqa: F401  (fixtures, used by name)
+from tests.fakes.fixtures import fake_telegram  # noqa: F401

@@ -7,7 +7,6 @@ end-to-end tests in `tests/bot/`. Reading what the service decided means reading
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from sqlalchemy import select
 from care import directory
 from care.clock import Clock, FakeClock
 from care.context import Care
-from care.conversation import ConversationService, Inbound
+from care.conversation import ConversationService, Inbound, InboundKind
 from care.models import Client, OutboxMessage, OutboxStatus, RecipientKind, Worker, WorkerRole
 from care.outbox import read_payload
 from care.workers import WorkerDesk
@@ -99,13 +98,13 @@ class World:
 
     # ------------------------------------------------------------------ acting
 
-    def inbound(self, chat_id: int, kind: str, **fields: Any) -> Inbound:
+    def inbound(self, chat_id: int, kind: InboundKind, **fields: Any) -> Inbound:
         """An Inbound with fresh update and message ids."""
         update_id = fields.pop("update_id", next(self._updates))
         message_id = fields.pop("message_id", None if kind == "choice" else next(self._messages))
         return Inbound(
             chat_id=chat_id, kind=kind, update_id=update_id, message_id=message_id, **fields
-        )  # type: ignore[arg-type]
+        )
 
     async def text(self, text: str, chat_id: int = CLIENT_CHAT) -> Inbound:
         """Handle a text message."""
