@@ -185,3 +185,194 @@ async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
     assert "niets gestuurd" in (sent[0].text or "")
     await tg.settle()
     assert len(fake.sent(CLIENT_CHAT)) == her_before
+
+
+async def test_worker_commands(telegram_bot: TelegramWorld) -> None:
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from care import directory
+    from care.models import Appointment, Client, Worker
+
+    tg = telegram_bot
+    fake = tg.fake
+    with tg.care.sessions.begin() as session:
+        colleague = directory.add_worker(session, tg.care.vault, "Het Anker", "Bram Jansen")
+        directory.link_chat(session, tg.care.vault, colleague.code, 5_550_009)
+    await tg.enroll()
+    await tg.exchange(lambda: fake.push_command(CLIENT_CHAT, "/checkin"), expect=1)
+    await tg.exchange(lambda: fake.press(CLIENT_CHAT, "😔 Niet zo goed"), expect=2)
+    await tg.settle()
+
+    def worker(command: str, arg: str | None = None) -> int:
+        return fake.push_command(WORKER_CHAT, command, arg)
+
+    sent = await tg.exchange(lambda: worker("/clients"), chat_id=WORKER_CHAT)
+    assert "roos-1 – actief" in (sent[0].text or "")
+    sent = await tg.exchange(lambda: worker("/client", "roos-1"), chat_id=WORKER_CHAT, expect=2)
+    assert "Laatste check-ins" in (sent[0].text or "")
+    assert "bad" in (sent[0].text or "")
+    assert sent[1].kind == "photo" and sent[1].photo and sent[1].photo[:4] == b"\x89PNG"
+    sent = await tg.exchange(lambda: worker("/client", "nobody-here"), chat_id=WORKER_CHAT)
+    assert "Ik ken geen cliënt nobody-here" in (sent[0].text or "")
+
+    sent = await tg.exchange(lambda: worker("/invite"), chat_id=WORKER_CHAT)
+    code = next(w for w in (sent[0].text or "").split() if len(w) == 32)
+    assert "https://t.me/aftercare_test_bot?start=" in (sent[0].text or "")
+    new_chat = 5_550_077
+    await tg.exchange(
+        lambda: fake.push_command(new_chat, "/start", code), chat_id=new_chat, expect=2
+    )
+
+    when = datetime.now(UTC).astimezone(ZoneInfo("Europe/Amsterdam")) + timedelta(days=10)
+    date = when.strftime("%d-%m-%Y")
+    sent = await tg.exchange(
+        lambda: worker("/appointment", f"roos-1 {date} 14:30 Buurthuis de Linde"),
+        chat_id=WORKER_CHAT,
+    )
+    assert "14:30" in (sent[0].text or "") and "Buurthuis de Linde" in (sent[0].text or "")
+    assert [label for label, _ in sent[0].buttons] == ["Opslaan", "Annuleren"]
+    with tg.care.sessions() as session:
+        assert session.scalars(select(Appointment)).first() is None, "nothing before confirming"
+    her_before = len(fake.sent(CLIENT_CHAT))
+    await tg.exchange(lambda: fake.press(WORKER_CHAT, "Opslaan"), chat_id=WORKER_CHAT)
+    her = await tg.bot_says(her_before + 1)
+    assert her[-1].text is not None and her[-1].text.startswith("Nieuwe afspraak met Anna:")
+    with tg.care.sessions() as session:
+        appointment = session.scalars(select(Appointment)).one()
+        local = appointment.starts_at.astimezone(ZoneInfo("Europe/Amsterdam"))
+        assert (local.date(), local.hour, local.minute) == (when.date(), 14, 30)
+    sent = await tg.exchange(
+        lambda: worker("/appointment", "roos-1 2026/12/31 2pm"), chat_id=WORKER_CHAT
+    )
+    assert "31-12-2026 14:30" in (sent[0].text or "")
+
+    sent = await tg.exchange(lambda: worker("/send", "roos-1 Tot morgen!"), chat_id=WORKER_CHAT)
+    assert sent[0].text == "Doorgestuurd aan roos-1."
+    her = await tg.bot_says(her_before + 2)
+    assert her[-1].text == "Bericht van Anna:\nTot morgen!"
+
+    sent = await tg.exchange(lambda: worker("/escalations"), chat_id=WORKER_CHAT)
+    assert sent[0].text == "Geen open escalaties. 👍"
+
+    sent = await tg.exchange(
+        lambda: worker("/handover", "roos-1 Bram Jansen Ze houdt van tekenen."),
+        chat_id=WORKER_CHAT,
+    )
+    assert "Bram Jansen" in (sent[0].text or "")
+    bram = await tg.bot_says(1, 5_550_009)
+    assert "Ze houdt van tekenen." in (bram[-1].text or "")
+    her = await tg.bot_says(her_before + 3)
+    assert "Bram" in (her[-1].text or "") and "Anna" in (her[-1].text or "")
+    with tg.care.sessions() as session:
+        client = session.scalars(select(Client).where(Client.alias == "roos-1")).one()
+        new_worker = session.get(Worker, client.assigned_worker_id)
+        assert new_worker is not None and new_worker.name == "Bram Jansen"
+        actions = set(session.scalars(select(AuditEntry.action)))
+    assert {"worker.client_list", "worker.client_view", "worker.send", "client.handover"} <= actions
+
+
+async def test_every_unsupported_update_gets_a_short_kind_answer(
+    telegram_bot: TelegramWorld,
+) -> None:
+    from tests.fakes.telegram_api import SAMPLES
+
+    tg = telegram_bot
+    fake = tg.fake
+    await tg.enroll()
+    answers = {}
+    for kind in ("sticker", "photo", "voice", "video", "video_note", "document", "location"):
+        sent = await tg.exchange(lambda kind=kind: fake.push_message(CLIENT_CHAT, **SAMPLES[kind]))
+        answers[kind] = sent[0].text
+    sent = await tg.exchange(lambda: fake.push_message(CLIENT_CHAT, **SAMPLES["contact"]))
+    answers["contact"] = sent[0].text
+    sent = await tg.exchange(lambda: fake.push_message(CLIENT_CHAT, **SAMPLES["forwarded"]))
+    answers["forwarded"] = sent[0].text
+    sent = await tg.exchange(lambda: fake.push_message(CLIENT_CHAT, **SAMPLES["long_text"]))
+    answers["long_text"] = sent[0].text
+    mine = fake.push_text(CLIENT_CHAT, "hoi")
+    await tg.settle()
+    message_id = max(m.message_id for m in fake.visible(CLIENT_CHAT) if not m.from_bot)
+    sent = await tg.exchange(lambda: fake.push_edit(CLIENT_CHAT, message_id, "hallo"))
+    answers["edited"] = sent[0].text
+    assert mine
+    assert answers["sticker"] == "Leuk! Ik kan alleen tekst lezen. Wil je het typen?"
+    for kind in ("photo", "voice", "video", "video_note", "document"):
+        assert (
+            answers[kind] == "Ik kan (nog) alleen tekst lezen. Wil je het in een berichtje typen?"
+        )
+    assert answers["location"] == answers["contact"]
+    assert "geen locatie" in (answers["location"] or "")
+    assert answers["forwarded"] == "Ik lees alleen berichten die je zelf typt."
+    assert "lang bericht" in (answers["long_text"] or "")
+    assert "nieuwe berichten" in (answers["edited"] or "")
+    assert all(len(a or "") < 120 for a in answers.values())
+
+
+async def test_the_same_update_twice_is_processed_once(telegram_bot: TelegramWorld) -> None:
+    tg = telegram_bot
+    fake = tg.fake
+    await tg.enroll()
+    before = len(fake.sent(CLIENT_CHAT))
+    update_id = fake.push_command(CLIENT_CHAT, "/checkin", times=2)
+    await tg.bot_says(before + 1)
+    fake.redeliver(update_id)
+    await tg.settle()
+    assert len(fake.sent(CLIENT_CHAT)) == before + 1
+
+
+async def test_forged_and_old_buttons_change_nothing(telegram_bot: TelegramWorld) -> None:
+    tg = telegram_bot
+    fake = tg.fake
+    await tg.enroll()
+    first = await tg.exchange(lambda: fake.push_command(CLIENT_CHAT, "/checkin"))
+    old_question = first[0].message_id
+    await tg.exchange(lambda: fake.press(CLIENT_CHAT, "😊 Goed"), expect=2)
+    # A forged id and an old button: a gentle re-ask, no check-in change.
+    sent = await tg.exchange(lambda: fake.push_callback(CLIENT_CHAT, "zzzzzz.bad"))
+    assert sent[0].text is not None and sent[0].text.startswith("Die knop hoort bij een eerder")
+    sent = await tg.exchange(lambda: fake.press(CLIENT_CHAT, "😔 Niet zo goed", old_question))
+    assert sent[0].text is not None and sent[0].text.startswith("Die knop hoort bij een eerder")
+    # A worker's escalation button pressed by her is just another stale button.
+    sent = await tg.exchange(lambda: fake.push_callback(CLIENT_CHAT, "esc:res:1"))
+    assert sent[0].text is not None and sent[0].text.startswith("Die knop hoort bij een eerder")
+    await tg.settle()
+    with tg.care.sessions() as session:
+        assert session.scalars(select(CheckIn.mood)).all() == ["good"]
+    assert fake.unanswered_callbacks() == []
+
+
+async def test_a_worker_of_another_organisation_is_refused_and_audited(
+    telegram_bot: TelegramWorld,
+) -> None:
+    from care import directory
+
+    tg = telegram_bot
+    fake = tg.fake
+    outsider_chat = 5_550_099
+    with tg.care.sessions.begin() as session:
+        directory.add_organisation(session, "Elders")
+        other = directory.add_worker(session, tg.care.vault, "Elders", "Kim")
+        directory.link_chat(session, tg.care.vault, other.code, outsider_chat)
+    await tg.enroll()
+    await tg.exchange(lambda: fake.push_text(CLIENT_CHAT, "help ik ben in gevaar"), expect=1)
+    await tg.settle()
+    with tg.care.sessions() as session:
+        escalation_id = session.scalars(select(Escalation.id)).first()
+    sent = await tg.exchange(
+        lambda: fake.push_callback(outsider_chat, f"esc:ack:{escalation_id}", 1),
+        chat_id=outsider_chat,
+    )
+    assert "hoort niet bij een cliënt van jouw organisatie" in (sent[0].text or "")
+    sent = await tg.exchange(
+        lambda: fake.push_command(outsider_chat, "/client", "roos-1"), chat_id=outsider_chat
+    )
+    assert "Ik ken geen cliënt roos-1" in (sent[0].text or "")
+    with tg.care.sessions() as session:
+        escalation = session.get(Escalation, escalation_id)
+        assert escalation is not None and escalation.status is EscalationStatus.OPEN
+        refused = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "escalation.refused")
+        ).all()
+    assert len(refused) == 1 and refused[0].detail is not None
+    assert "reason:foreign" in refused[0].detail
