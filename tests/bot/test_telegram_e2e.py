@@ -5,6 +5,8 @@ Each test is what a girl or her worker does in Telegram and what they then see.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import func, select
 
 from care.models import (
@@ -280,9 +282,13 @@ async def test_every_unsupported_update_gets_a_short_kind_answer(
     tg = telegram_bot
     fake = tg.fake
     await tg.enroll()
-    answers = {}
+    answers: dict[str, str | None] = {}
+
+    def push(kind: str) -> Callable[[], int]:
+        return lambda: fake.push_message(CLIENT_CHAT, **SAMPLES[kind])
+
     for kind in ("sticker", "photo", "voice", "video", "video_note", "document", "location"):
-        sent = await tg.exchange(lambda kind=kind: fake.push_message(CLIENT_CHAT, **SAMPLES[kind]))
+        sent = await tg.exchange(push(kind))
         answers[kind] = sent[0].text
     sent = await tg.exchange(lambda: fake.push_message(CLIENT_CHAT, **SAMPLES["contact"]))
     answers["contact"] = sent[0].text
