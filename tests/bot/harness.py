@@ -44,6 +44,8 @@ class TelegramWorld:
     fake: FakeTelegram
     parts: Parts
     info: dict[str, Any]
+    stop: asyncio.Event
+    task: asyncio.Task[None]
 
     @property
     def care(self) -> Care:
@@ -143,7 +145,7 @@ async def telegram_bot(
         task.result()  # raises what went wrong
     assert waiter in done, "the bot did not start in time"
     try:
-        yield TelegramWorld(world, fake_telegram, parts, info)
+        yield TelegramWorld(world, fake_telegram, parts, info, stop, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
