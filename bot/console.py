@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import logging
 from datetime import timedelta
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from sqlalchemy import select
 
@@ -216,9 +216,17 @@ async def _plan_demo_appointment(parts: Parts, client_id: int) -> None:
     await asyncio.to_thread(plan)
 
 
+class LineSource(Protocol):
+    """Where the console reads her lines from (stdin, or a script in tests)."""
+
+    def readline(self) -> str:
+        """The next line with its newline; an empty string at the end."""
+        ...
+
+
 async def run_console(
     parts: Parts,
-    stdin: TextIO,
+    stdin: LineSource,
     stdout: TextIO,
     *,
     alias: str | None = None,

@@ -26,7 +26,7 @@ from tests.bot.world import shared_flows, shared_nlu
 Line = str | Callable[[], str]
 
 
-class Script(io.TextIOBase):
+class Script:
     """A stdin that hands out lines one by one; a line may be computed when it is read."""
 
     def __init__(self) -> None:
@@ -36,7 +36,7 @@ class Script(io.TextIOBase):
         for line in lines:
             self.lines.put(line)
 
-    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
+    def readline(self) -> str:
         line = self.lines.get(timeout=30)
         text = line() if callable(line) else line
         return text + "\n" if text else ""
