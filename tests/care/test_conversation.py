@@ -1,0 +1,222 @@
+"""The conversation service without a channel: what it decides, read from the outbox."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+import dialogues
+from care.context import Care
+from care.conversation import in_office_hours
+from care.models import (
+    Appointment,
+    ChatMessage,
+    Client,
+    ClientStatus,
+    OutboxMessage,
+    OutboxPriority,
+    ProcessedUpdate,
+    RecipientKind,
+)
+from tests.bot.world import CLIENT_CHAT, OFFICE_TIME, World, make_world
+
+
+@pytest.fixture
+def world(care_ctx: Care) -> World:
+    """Het Anker, Anna, and roos-1 (invited)."""
+    return make_world(care_ctx)
+
+
+async def enrolled(world: World) -> World:
+    """roos-1 enrolled, Dutch, consent given, no nickname."""
+    await world.enroll()
+    await world.press(world.to_client()[-1].button("Nederlands"))
+    await world.press(world.to_client()[-1].button("Ja, prima"))
+    await world.press(world.to_client()[-1].button("Geen bijnaam"))
+    world.pending()
+    return world
+
+
+async def test_start_flow_sends_once_per_dedupe_key(world: World) -> None:
+    await enrolled(world)
+    expires = world.clock.now() + timedelta(hours=3)
+    first = await world.service.start_flow(
+        world.client_id, "checkin", dedupe_key="checkin:1", expires_at=expires
+    )
+    again = await world.service.start_flow(world.client_id, "checkin", dedupe_key="checkin:1")
+    assert (first, again) == (True, False)
+    rows = world.to_client()
+    assert [r.text for r in rows] == ["Hoi! Hoe gaat het vandaag?"]
+    assert rows[0].priority == OutboxPriority.REMINDER
+    with world.care.sessions() as session:
+        row = session.get(OutboxMessage, rows[0].id)
+        assert row is not None and row.expires_at == expires and row.dedupe_key == "checkin:1"
+
+
+async def test_start_flow_refuses_who_must_not_get_messages(world: World) -> None:
+    assert not await world.service.start_flow(world.client_id, "checkin"), "not enrolled"
+    await enrolled(world)
+    await world.command("pauze")
+    await world.press(world.to_client()[-1].button_ids[0])
+    assert world.client().status is ClientStatus.PAUSED
+    world.pending()
+    assert not await world.service.start_flow(world.client_id, "checkin")
+    assert not await world.service.start_flow(999_999, "checkin")
+    assert world.pending() == []
+
+
+async def test_stop_means_stop_and_her_worker_is_told_once(world: World) -> None:
+    await enrolled(world)
+    await world.command("stop")
+    await world.press(world.to_client()[-1].button("Ja, stoppen"))
+    assert world.client().status is ClientStatus.ENDED
+    notices = [s.text for s in world.to_worker()]
+    assert notices == ["ℹ️ roos-1: is gestopt met de app."]
+    assert not await world.service.start_flow(world.client_id, "appointment_reminder")
+
+
+async def test_language_switch_changes_her_language(world: World) -> None:
+    await enrolled(world)
+    await world.command("language")
+    await world.press(world.to_client()[-1].button("English"))
+    assert world.client().language == "en"
+    await world.command("checkin")
+    assert world.to_client()[-1].text == "Hi! How are you today?"
+
+
+async def test_a_failing_turn_still_answers_her_and_tells_her_worker(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await enrolled(world)
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr(dialogues, "resume", broken)
+    caplog.set_level(logging.INFO)
+    inbound = await world.text("mijn geheime tekst")
+    assert [s.text for s in world.to_client()] == [
+        "Sorry, er ging bij mij iets mis. Ik heb Anna een seintje gegeven. "
+        "Ben je in gevaar? Bel 112."
+    ]
+    assert "kon een bericht van haar niet verwerken" in world.to_worker()[0].text
+    with world.care.sessions() as session:
+        assert session.get(ProcessedUpdate, inbound.update_id) is not None
+        ids = session.scalars(select(ChatMessage.message_id)).all()
+    assert inbound.message_id in ids, "her message can still be wiped"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "turn.failed" in logged
+    assert "geheime" not in logged and "exploded" not in logged and str(CLIENT_CHAT) not in logged
+
+
+async def test_when_even_the_apology_cannot_be_stored_the_channel_gets_a_text(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enrolled(world)
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(dialogues, "resume", broken)
+    monkeypatch.setattr(world.service, "_reply", broken)
+    handled = await world.service.handle(world.inbound(CLIENT_CHAT, "text", text="hoi"))
+    assert handled.direct is not None and handled.direct.startswith("Sorry")
+
+
+async def test_duplicate_updates_are_handled_once(world: World) -> None:
+    await enrolled(world)
+    inbound = world.inbound(CLIENT_CHAT, "command", command="checkin")
+    first = await world.service.handle(inbound)
+    second = await world.service.handle(inbound)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert len(world.to_client()) == 1
+
+
+async def test_appointment_placeholders_in_her_language_and_time_zone(world: World) -> None:
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        client = session.get(Client, world.client_id)
+        assert client is not None
+        session.add(
+            Appointment(
+                client_id=client.id,
+                worker_id=world.worker_id,
+                starts_at=OFFICE_TIME + timedelta(days=2, hours=5),  # Thu 5 March, 15:00 CET
+                place_enc=world.care.vault.encrypt(session, client.data_key_id, "Buurthuis"),
+            )
+        )
+    await world.service.start_flow(world.client_id, "appointment_reminder")
+    text = world.to_client()[0].text
+    assert "donderdag 5 maart om 15:00" in text
+    assert "Buurthuis" in text
+
+
+def test_office_hours_follow_the_settings(care_ctx: Care) -> None:
+    settings = care_ctx.settings
+    assert in_office_hours(OFFICE_TIME, settings)  # Tuesday 10:00 in Amsterdam
+    assert not in_office_hours(OFFICE_TIME + timedelta(hours=9), settings)  # 19:00
+    assert not in_office_hours(OFFICE_TIME + timedelta(days=4), settings)  # Saturday
+
+
+async def test_out_of_office_hours_she_is_told_the_answer_may_come_later(world: World) -> None:
+    await enrolled(world)
+    world.clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
+    await world.text("ik wil dood")
+    texts = " ".join(s.text for s in world.to_client())
+    assert "buiten kantoortijd" in texts
+    assert "0800-0113" in texts
+
+
+async def test_auto_delete_removes_messages_older_than_her_hours(world: World) -> None:
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        client = session.get(Client, world.client_id)
+        assert client is not None
+        client.auto_delete_hours = 6
+        before = session.scalar(select(func.count()).select_from(ChatMessage))
+    world.clock.advance(timedelta(hours=7))  # type: ignore[attr-defined]
+    await world.text("hoi")
+    queued = await world.service.auto_delete()
+    assert queued == before
+    deletes = [s for s in world.to_client() if s.payload["type"] == "delete"]
+    assert len(deletes) == 1 and len(deletes[0].payload["message_ids"]) == before
+    assert await world.service.auto_delete() == 0, "nothing twice"
+
+
+async def test_wipe_forgets_her_nickname(world: World) -> None:
+    await world.enroll()
+    await world.press(world.to_client()[-1].button("Nederlands"))
+    await world.press(world.to_client()[-1].button("Ja, prima"))
+    await world.text("Sam")
+    await world.command("checkin")
+    assert world.to_client()[-1].text == "Hoi Sam! Hoe gaat het vandaag?"
+    await world.command("wissen")
+    await world.press(world.to_client()[-1].button("Ja, alles wissen"))
+    deleted = [s for s in world.to_client() if s.payload["type"] == "delete"]
+    assert deleted, "the chat is deleted"
+    await world.command("checkin")
+    assert world.to_client()[-1].text == "Hoi! Hoe gaat het vandaag?"
+
+
+async def test_her_text_never_reaches_the_logs(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await enrolled(world)
+    await world.text("ik wil niet meer leven, geheim woord zebra")
+    await world.command("checkin")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "zebra" not in logged and str(CLIENT_CHAT) not in logged
+    assert "turn.handled" in logged
+
+
+async def test_worker_replies_and_alerts_are_for_the_worker(world: World) -> None:
+    await enrolled(world)
+    await world.text("help ik ben in gevaar")
+    alerts = world.to_worker()
+    assert alerts and alerts[0].to is RecipientKind.WORKER
+    assert alerts[0].priority == OutboxPriority.CRITICAL
+    assert alerts[0].button_ids[0].startswith("esc:ack:")

@@ -1,0 +1,173 @@
+"""The workers' desk: commands and buttons, channel-neutral, read from the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from care import directory
+from care.context import Care
+from care.errors import InvalidInput
+from care.models import Appointment, AuditEntry, CheckIn, Client, ClientStatus, WorkerRole
+from care.workers import mood_chart, parse_when
+from tests.bot.world import WORKER_CHAT, World, make_world
+
+COORDINATOR_CHAT = 5_550_010
+
+
+@pytest.fixture
+def world(care_ctx: Care) -> World:
+    """Het Anker, Anna (linked), roos-1 (linked), and a second client of a colleague."""
+    made = make_world(care_ctx)
+    with care_ctx.sessions.begin() as session:
+        directory.link_chat(session, care_ctx.vault, made.client_code, 5_550_001)
+        bram = directory.add_worker(session, care_ctx.vault, "Het Anker", "Bram")
+        coordinator = directory.add_worker(
+            session, care_ctx.vault, "Het Anker", "Cor", WorkerRole.COORDINATOR
+        )
+        directory.link_chat(session, care_ctx.vault, coordinator.code, COORDINATOR_CHAT)
+        from care.models import Worker
+
+        found = session.get(Worker, bram.id)
+        assert found is not None
+        directory.invite_client(session, care_ctx.vault, found, alias="sterre-2")
+    return made
+
+
+async def worker_says(world: World, command: str, *args: str, chat: int = WORKER_CHAT) -> str:
+    await world.command(command, *args, chat_id=chat)
+    return "\n---\n".join(s.text for s in world.to_worker())
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "expected"),
+    [
+        ("31-12-2026", "14:30", datetime(2026, 12, 31, 13, 30, tzinfo=UTC)),
+        ("2026-12-31", "14:30", datetime(2026, 12, 31, 13, 30, tzinfo=UTC)),
+        ("01-07-2026", "09:05", datetime(2026, 7, 1, 7, 5, tzinfo=UTC)),
+    ],
+)
+def test_appointment_dates_in_the_documented_forms(
+    date: str, time: str, expected: datetime
+) -> None:
+    assert parse_when(date, time, "Europe/Amsterdam") == expected
+
+
+@pytest.mark.parametrize(
+    ("date", "time"),
+    [("31/12/2026", "14:30"), ("12-31-2026", "14:30"), ("31-12-2026", "2pm"), ("morgen", "14:30")],
+)
+def test_other_date_forms_are_refused(date: str, time: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_when(date, time, "Europe/Amsterdam")
+
+
+async def test_a_worker_lists_her_own_clients_a_coordinator_all(world: World) -> None:
+    mine = await worker_says(world, "clients")
+    assert "roos-1" in mine and "sterre-2" not in mine
+    everyone = await worker_says(world, "clients", chat=COORDINATOR_CHAT)
+    assert "roos-1" in everyone and "sterre-2" in everyone
+    with world.care.sessions() as session:
+        looked = session.scalars(
+            select(AuditEntry.client_alias).where(AuditEntry.action == "worker.client_list")
+        ).all()
+    assert sorted(a or "" for a in looked) == ["roos-1", "roos-1", "sterre-2"]
+
+
+async def test_client_view_has_checkins_and_a_mood_chart(world: World) -> None:
+    now = world.clock.now()
+    with world.care.sessions.begin() as session:
+        for days, mood in ((9, "good"), (5, "okay"), (1, "bad")):
+            when = now - timedelta(days=days)
+            session.add(
+                CheckIn(
+                    client_id=world.client_id,
+                    due_at=when,
+                    answered_at=when,
+                    mood=mood,
+                    status="answered",
+                )
+            )
+    await world.command("client", "roos-1", chat_id=WORKER_CHAT)
+    sent = world.to_worker()
+    assert "😔 bad" in sent[0].text and "😊 good" in sent[0].text
+    assert sent[1].payload["type"] == "photo"
+    assert sent[1].text == "Stemming van roos-1, laatste 8 weken"
+
+
+async def test_appointment_is_saved_only_after_confirming(world: World) -> None:
+    text = await worker_says(world, "appointment", "roos-1", "31-12-2026", "14:30", "De", "Linde")
+    assert "donderdag 31 december om 14:30" in text and "De Linde" in text
+    await world.command("appointment", "roos-1", "30-12-2026", "10:00", chat_id=WORKER_CHAT)
+    cancel = world.to_worker()[-1].button("Annuleren")
+    with world.care.sessions() as session:
+        assert session.scalars(select(Appointment)).all() == []
+    await world.press(cancel, chat_id=WORKER_CHAT)
+    assert world.to_worker()[-1].text == "Oké, niet opgeslagen."
+    await world.press(cancel, chat_id=WORKER_CHAT)
+    assert "verlopen" in world.to_worker()[-1].text
+
+
+async def test_appointment_confirmation_saves_and_tells_her(world: World) -> None:
+    await world.command("appointment", "roos-1", "31-12-2026", "14:30", chat_id=WORKER_CHAT)
+    save = world.to_worker()[-1].button("Opslaan")
+    # Another worker cannot use Anna's confirmation.
+    await world.press(save, chat_id=COORDINATOR_CHAT)
+    assert "verlopen" in world.to_worker()[-1].text
+    await world.press(save, chat_id=WORKER_CHAT)
+    assert world.to_worker()[-1].text.startswith("Opgeslagen: afspraak met roos-1")
+    assert world.to_client()[-1].text == (
+        "Nieuwe afspraak met Anna: donderdag 31 december om 14:30."
+    )
+    with world.care.sessions() as session:
+        saved = session.scalars(select(Appointment)).one()
+    assert saved.starts_at == datetime(2026, 12, 31, 13, 30, tzinfo=UTC)
+
+
+async def test_appointments_in_the_past_or_unreadable_are_refused(world: World) -> None:
+    assert "verleden" in await worker_says(world, "appointment", "roos-1", "01-01-2020", "10:00")
+    assert "31-12-2026 14:30" in await worker_says(world, "appointment", "roos-1", "morgen", "10")
+    assert "Gebruik" in await worker_says(world, "appointment", "roos-1")
+
+
+async def test_send_is_refused_to_someone_who_stopped(world: World) -> None:
+    with world.care.sessions.begin() as session:
+        client = session.get(Client, world.client_id)
+        assert client is not None
+        client.status = ClientStatus.ENDED
+    answer = await worker_says(world, "send", "roos-1", "hoi")
+    assert "niet bereikbaar" in answer and "ze is gestopt" in answer
+    assert world.to_client() == []
+
+
+async def test_handover_needs_a_known_colleague(world: World) -> None:
+    assert "geen collega" in await worker_says(world, "handover", "roos-1", "Nobody", "note")
+    assert "al de contactpersoon" in await worker_says(
+        world, "handover", "roos-1", "Anna", "de", "Vries"
+    )
+
+
+async def test_invite_gives_a_code_that_enrolls(world: World) -> None:
+    text = await worker_says(world, "invite", "maan-3")
+    code = next(word for word in text.split() if len(word) == 32)
+    assert "/start " + code in text
+    await world.command("start", code, chat_id=5_550_055)
+    with world.care.sessions() as session:
+        client = session.scalars(select(Client).where(Client.alias == "maan-3")).one()
+    assert client.status is ClientStatus.ACTIVE
+
+
+async def test_unknown_commands_and_plain_text_get_the_command_list(world: World) -> None:
+    assert "Opdrachten:" in await worker_says(world, "bogus")
+    await world.text("hallo?", chat_id=WORKER_CHAT)
+    assert "Opdrachten:" in world.to_worker()[-1].text
+
+
+def test_mood_chart_is_a_png() -> None:
+    points = [
+        (datetime(2026, 3, day, 12, tzinfo=UTC), mood)
+        for day, mood in ((1, "good"), (4, "okay"), (8, "bad"))
+    ]
+    assert mood_chart(points, "test")[:8] == b"\x89PNG\r\n\x1a\n"
