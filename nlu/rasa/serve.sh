@@ -40,9 +40,11 @@ PY
 
 declare -A PORTS=([nl]="${AFTERCARE_RASA_PORT_NL:-5005}" [en]="${AFTERCARE_RASA_PORT_EN:-5006}")
 PIDS=()
+DIRS=()
 stop_all() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait || true
+    for dir in "${DIRS[@]}"; do rm -rf "$dir"; done
 }
 trap stop_all INT TERM EXIT
 
@@ -50,6 +52,7 @@ for lang in nl en; do
     model="$(model_for "$lang")"
     echo "Starting Rasa for '$lang' on http://127.0.0.1:${PORTS[$lang]} with $model"
     workdir="$(mktemp -d)"
+    DIRS+=("$workdir")
     (cd "$workdir" && exec "$VENV/bin/rasa" run --enable-api --auth-token "$AFTERCARE_RASA_TOKEN" \
         --model "$model" --interface 127.0.0.1 --port "${PORTS[$lang]}") &
     PIDS+=("$!")
