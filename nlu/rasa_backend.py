@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from nlu.embedded import decide
+from nlu.embedded import MAX_CHARS, decide, has_words
 from nlu.errors import BackendUnavailable
 from nlu.results import Entity, IntentScore, NluResult
 
@@ -92,8 +92,10 @@ class RasaBackend:
         return version
 
     async def parse(self, text: str, lang: str) -> NluResult:
-        """Ask the server for `lang`; the same threshold as the embedded backend applies."""
-        body = await self._request("POST", lang, "/model/parse", {"text": text})
+        """Ask the server for `lang`; the same threshold and length cap as the embedded backend."""
+        if not has_words(text):
+            return NluResult.out_of_scope()
+        body = await self._request("POST", lang, "/model/parse", {"text": text[:MAX_CHARS]})
         return replace(decide(_ranking(body), self._threshold), entities=_entities(body))
 
     async def aclose(self) -> None:

@@ -116,3 +116,17 @@ async def test_the_token_never_reaches_the_log(caplog: pytest.LogCaptureFixture)
     await backend.aclose()
     assert "s3cret" not in caplog.text
     assert "token=***" in caplog.text  # httpx did log the request line, scrubbed
+
+
+async def test_empty_text_is_not_sent_and_long_text_is_capped() -> None:
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["text"])
+        return httpx.Response(200, json=PARSED)
+
+    backend = backend_with(httpx.MockTransport(handle))
+    assert (await backend.parse("  \u200b ", "nl")).intent == "out_of_scope"
+    await backend.parse("a" * 10_000, "nl")
+    await backend.aclose()
+    assert [len(text) for text in sent] == [1_000]
