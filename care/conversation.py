@@ -240,6 +240,7 @@ class _State:
 
     session: DialogueState | None
     fields: dict[str, str | bool | int] = field(default_factory=dict)
+    row: DialogueSession | None = None
 
 
 class _Duplicate(Exception):
@@ -310,14 +311,14 @@ class ConversationService:
         who = await asyncio.to_thread(self._who, inbound)
         if who is None:
             return Handled(duplicate=True)
-        kind, lang, duress = who
+        kind, person_id, lang, duress = who
         if kind == "nobody":
             return await asyncio.to_thread(self._stranger, inbound)
         understanding = None
         if kind == "client" and inbound.kind == "text" and not duress:
             understanding = await self.nlu.understand(inbound.text, lang)
         try:
-            await asyncio.to_thread(self._turn, inbound, understanding, duress)
+            await asyncio.to_thread(self._turn, inbound, kind, person_id, understanding, duress)
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
@@ -333,8 +334,8 @@ class ConversationService:
         self.wake()
         return Handled(who=kind)
 
-    def _who(self, inbound: Inbound) -> tuple[_Who, str, bool] | None:
-        """Read-only first look: (who, her language, duress?) or None for a duplicate."""
+    def _who(self, inbound: Inbound) -> tuple[_Who, int, str, bool] | None:
+        """Read-only first look: (who, their id, language, duress?); None for a duplicate."""
         with self.care.sessions() as session:
             if inbound.update_id is not None:
                 seen = session.get(ProcessedUpdate, inbound.update_id)
@@ -342,26 +343,33 @@ class ConversationService:
                     return None
             linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
             if linked.worker is not None:
-                return "worker", linked.worker.language, False
+                return "worker", linked.worker.id, linked.worker.language, False
             client = linked.client
             if client is None:
-                return "nobody", inbound.language or self.settings.default_language, False
+                return "nobody", 0, inbound.language or self.settings.default_language, False
             duress = False
             if inbound.kind == "text":
                 org = session.get(Organisation, client.org_id)
                 duress = org is not None and directory.is_duress(
                     self.care.keyring, org, inbound.text
                 )
-            return "client", client.language, duress
+            return "client", client.id, client.language, duress
 
-    def _mark_processed(self, session: Session, inbound: Inbound) -> None:
+    def _mark_processed(
+        self, session: Session, inbound: Inbound, *, savepoint: bool = False
+    ) -> None:
+        """Record the update id; `_Duplicate` when another turn recorded it first. Without a
+        savepoint the caller's transaction is lost on a duplicate (it is rolled back anyway)."""
         if inbound.update_id is None:
             return
+        row = ProcessedUpdate(update_id=inbound.update_id, processed_at=self.clock.now())
         try:
-            with session.begin_nested():
-                session.add(
-                    ProcessedUpdate(update_id=inbound.update_id, processed_at=self.clock.now())
-                )
+            if savepoint:
+                with session.begin_nested():
+                    session.add(row)
+                    session.flush()
+            else:
+                session.add(row)
                 session.flush()
         except IntegrityError:
             raise _Duplicate() from None
@@ -407,18 +415,30 @@ class ConversationService:
         state.session = step.session
         self._save(session, client, state)
 
-    def _turn(self, inbound: Inbound, understanding: Any, duress: bool) -> None:
+    def _turn(
+        self, inbound: Inbound, kind: _Who, person_id: int, understanding: Any, duress: bool
+    ) -> None:
         with self.care.sessions.begin() as session:
             self._mark_processed(session, inbound)
-            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
             now = self.clock.now()
-            if linked.worker is not None:
-                self._worker_turn(session, linked.worker, inbound, now)
+            index = directory.chat_index(self.care.keyring, inbound.chat_id)
+            worker = session.get(Worker, person_id) if kind == "worker" else None
+            if worker is not None and worker.chat_index == index:
+                self._worker_turn(session, worker, inbound, now)
                 return
-            if linked.client is None:  # unlinked between the first look and now
-                return
-            client = session.get(Client, linked.client.id, with_for_update=True)
-            assert client is not None
+            client = None
+            if kind == "client":
+                client = session.get(Client, person_id, with_for_update=True)
+            if client is None or client.chat_index != index:
+                # Linked or unlinked since the first look: ask the index again.
+                linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+                if linked.worker is not None:
+                    self._worker_turn(session, linked.worker, inbound, now)
+                    return
+                if linked.client is None:
+                    return
+                client = session.get(Client, linked.client.id, with_for_update=True)
+                assert client is not None
             self._client_turn(session, client, inbound, understanding, duress, now)
 
     def _worker_turn(
@@ -534,7 +554,7 @@ class ConversationService:
         try:
             with self.care.sessions.begin() as session:
                 with contextlib.suppress(_Duplicate):
-                    self._mark_processed(session, inbound)
+                    self._mark_processed(session, inbound, savepoint=True)
                 linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
                 now = self.clock.now()
                 if linked.worker is not None:
@@ -695,10 +715,10 @@ class ConversationService:
             data = json.loads(self.care.vault.decrypt(session, client.data_key_id, row.state_enc))
             stored = data.get("session")
             state = DialogueState.from_json(stored) if stored else None
-            return _State(state, dict(data.get("fields") or {}))
+            return _State(state, dict(data.get("fields") or {}), row)
         except (DecryptionError, dialogues.SessionError, ValueError, AttributeError):
             log.warning("session.unreadable client=%s", client.id)
-            return _State(None)
+            return _State(None, row=row)
 
     def _save(self, session: Session, client: Client, state: _State) -> None:
         data = {
@@ -707,17 +727,18 @@ class ConversationService:
             "fields": state.fields,
         }
         encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
-        row = session.scalars(
-            select(DialogueSession).where(DialogueSession.client_id == client.id)
-        ).first()
+        row = state.row
+        if row is None:
+            row = session.scalars(
+                select(DialogueSession).where(DialogueSession.client_id == client.id)
+            ).first()
         flow = state.session.flow if state.session else ""
         version = state.session.version if state.session else None
         if row is None:
-            session.add(
-                DialogueSession(
-                    client_id=client.id, flow=flow, flow_version=version, state_enc=encrypted
-                )
+            state.row = DialogueSession(
+                client_id=client.id, flow=flow, flow_version=version, state_enc=encrypted
             )
+            session.add(state.row)
         else:
             row.flow, row.flow_version, row.state_enc = flow, version, encrypted
         session.flush()

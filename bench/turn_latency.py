@@ -1,0 +1,314 @@
+"""Turn latency: simulated girls chatting through the real Application against the fake Bot API.
+
+Each girl repeats a four-turn cycle (`/checkin`, tap "good", tap "yes, safe", "dank je"),
+waiting for the bot's replies before her next turn; all girls chat at the same time. For
+every turn it measures the time from the moment the fake delivered the update to the bot
+until the first reply arrived at the fake. The same is measured for a bare
+python-telegram-bot echo bot against the same fake, so that the figures can be compared.
+Every scenario runs in its own child process, so that peak RSS belongs to that bot alone.
+
+    .venv/bin/python bench/turn_latency.py                      # 200 girls x 20 turns
+    .venv/bin/python bench/turn_latency.py --clients 50 --turns 8 --backends sqlite
+
+Telegram's own pacing (1 message/s per chat) is lifted in the bot's settings and not enforced
+by the fake: this measures the bot's work, not Telegram's limits. Targets (issue 5): our p50
+within 3x of the echo bot's, p99 under 50 ms, RSS under 200 MB. A benchmark prints figures;
+it never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
+
+PG_ADMIN_DSN = os.environ.get(
+    "AFTERCARE_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
+PG_URL = os.environ.get(
+    "AFTERCARE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+)
+FIRST_CHAT = 900_000_000
+
+# (what she does, how many bot messages it brings)
+CYCLE: list[tuple[str, str, int]] = [
+    ("command", "/checkin", 1),
+    ("press", "0", 2),
+    ("press", "0", 1),
+    ("text", "dank je", 1),
+]
+
+
+# ---------------------------------------------------------------------------- the girls
+
+
+async def chat(fake: FakeTelegram, chat_id: int, turns: int, echo: bool) -> list[float]:
+    """One girl's turns; returns the latency of each in seconds."""
+    latencies: list[float] = []
+    sent = len(fake.sent(chat_id))
+    for turn in range(turns):
+        kind, value, expect = CYCLE[turn % len(CYCLE)]
+        if echo:
+            expect = 1
+        if kind == "command":
+            update_id = fake.push_command(chat_id, value)
+        elif kind == "text":
+            update_id = fake.push_text(chat_id, value)
+        else:
+            last = [m for m in fake.sent(chat_id) if m.buttons]
+            data = last[-1].buttons[int(value)][1]
+            update_id = fake.push_callback(chat_id, data, last[-1].message_id)
+        messages = await fake.wait_for_async(sent + expect, 30, chat_id=chat_id)
+        delivered = fake.delivered_at(update_id)
+        first = messages[sent]
+        if delivered is not None:
+            latencies.append(max(first.received_at - delivered, 0.0))
+        sent = len(messages)
+    return latencies
+
+
+async def drive(fake: FakeTelegram, clients: int, turns: int, echo: bool) -> dict[str, Any]:
+    """All girls at once; returns the figures."""
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(chat(fake, FIRST_CHAT + n, turns, echo) for n in range(clients))
+    )
+    elapsed = time.perf_counter() - started
+    latencies = sorted(x for one in results for x in one)
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {
+        "turns": len(latencies),
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": quantiles[98] * 1e3,
+        "turns_per_s": len(latencies) / elapsed,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": elapsed,
+    }
+
+
+# ---------------------------------------------------------------------------- the echo bot
+
+
+async def run_echo(clients: int, turns: int) -> dict[str, Any]:
+    """A bare PTB bot: echoes text and commands, answers button presses, always with buttons."""
+    from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+    from telegram.ext import Application, ContextTypes, TypeHandler
+
+    markup = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("a", callback_data="a"),
+                InlineKeyboardButton("b", callback_data="b"),
+            ]
+        ]
+    )
+
+    async def echo(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert isinstance(update, Update)
+        if update.callback_query is not None:
+            await update.callback_query.answer()
+            assert update.effective_chat is not None
+            await context.bot.send_message(update.effective_chat.id, "ok", reply_markup=markup)
+        elif update.message is not None and update.message.text:
+            await update.message.reply_text(update.message.text, reply_markup=markup)
+
+    with FakeTelegram() as fake:
+        app = (
+            Application.builder()
+            .token(fake.token)
+            .base_url(fake.base_url)
+            .base_file_url(fake.base_file_url)
+            .concurrent_updates(True)
+            .build()
+        )
+        app.add_handler(TypeHandler(Update, echo))
+        async with app:
+            await app.start()
+            assert app.updater is not None
+            await app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+            figures = await drive(fake, clients, turns, echo=True)
+            await app.updater.stop()
+            await app.stop()
+    return figures
+
+
+# ---------------------------------------------------------------------------- our bot
+
+
+def _database(backend: str, folder: Path) -> tuple[str, str | None]:
+    from care.db import upgrade
+
+    if backend == "sqlite":
+        url = f"sqlite:///{folder / 'bench.db'}"
+        upgrade(url)
+        return url, None
+    import psycopg
+
+    name = f"aftercare_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_URL.format(db=name)
+    upgrade(url)
+    return url, name
+
+
+def _drop(name: str | None) -> None:
+    if name is None:
+        return
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def run_ours(backend: str, clients: int, turns: int) -> dict[str, Any]:
+    """The whole bot (bootstrap.serve_telegram) with the embedded NLU."""
+    from bot.bootstrap import build, serve_telegram
+    from care import directory
+    from care.context import Care
+    from care.crypto import keyring_from_set, new_key_set
+    from care.db import make_engine, make_sessionmaker
+    from care.models import Worker
+    from care.outbox import SenderOptions
+    from care.settings import DEFAULT_CONFIG, RateLimits, load_settings
+    from care.vault import Vault
+    from nlu import NluConfig, build_nlu
+    from nlu.config import default_cache_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url, pg_name = _database(backend, Path(tmp))
+        try:
+            base = load_settings(DEFAULT_CONFIG, environ={})
+            telegram = base.telegram.model_copy(
+                update={"rate_limits": RateLimits(per_chat_per_second=30, overall_per_second=1000)}
+            )
+            settings = base.model_copy(update={"telegram": telegram})
+            keyring = keyring_from_set(new_key_set(), "bench")
+            engine = (
+                make_engine(url, pool_size=20, max_overflow=20) if pg_name else make_engine(url)
+            )
+            care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
+            with care.sessions.begin() as session:
+                org = directory.add_organisation(session, "Bench")
+                issued = directory.add_worker(session, care.vault, org.name, "Anna")
+                worker = session.get(Worker, issued.id)
+                assert worker is not None
+                for n in range(clients):
+                    invited = directory.invite_client(
+                        session, care.vault, worker, alias=f"girl-{n}", language="nl"
+                    )
+                    directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
+            nlu = build_nlu(NluConfig(cache_dir=default_cache_dir()))
+            parts = build(settings, care=care, nlu=nlu)
+            stop = asyncio.Event()
+            ready = asyncio.Event()
+            with FakeTelegram() as fake:
+                task = asyncio.create_task(
+                    serve_telegram(
+                        parts,
+                        stop,
+                        token=fake.token,
+                        base_url=fake.base_url,
+                        base_file_url=fake.base_file_url,
+                        sender_options=SenderOptions(max_in_flight=32, batch_size=200),
+                        ready=lambda _: ready.set(),
+                    )
+                )
+                await asyncio.wait_for(ready.wait(), 60)
+                figures = await drive(fake, clients, turns, echo=False)
+                stop.set()
+                await asyncio.wait_for(task, 60)
+            await nlu.aclose()
+            care.close()
+        finally:
+            _drop(pg_name)
+    return figures
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+def child(kind: str, backend: str, clients: int, turns: int) -> dict[str, Any]:
+    """Run one scenario in a child process and read its figures."""
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--backend",
+        backend,
+        "--clients",
+        str(clients),
+        "--turns",
+        str(turns),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def main() -> None:
+    """Parse the options; as the parent, run every scenario and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200, help="girls chatting at once")
+    parser.add_argument("--turns", type=int, default=20, help="turns per girl")
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
+    parser.add_argument("--child", choices=["echo", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="sqlite", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.ERROR)
+    if args.child == "echo":
+        print(json.dumps(asyncio.run(run_echo(args.clients, args.turns))))
+        return
+    if args.child == "ours":
+        print(json.dumps(asyncio.run(run_ours(args.backend, args.clients, args.turns))))
+        return
+    print(f"turn latency: {args.clients} girls x {args.turns} turns, fake Bot API, no rate limits")
+    echo = child("echo", "-", args.clients, args.turns)
+    rows: list[tuple[str, dict[str, Any]]] = [("PTB echo bot", echo)]
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        rows.append((f"aftercare ({backend})", child("ours", backend, args.clients, args.turns)))
+    print(f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}")
+    for name, figures in rows:
+        if "error" in figures:
+            print(f"{name:22} failed: {figures['error']}")
+            continue
+        print(
+            f"{name:22} {figures['turns']:>6} {figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
+            f" {figures['turns_per_s']:>8.1f} {figures['rss_mb']:>7.0f}"
+        )
+    base = echo.get("p50_ms")
+    for name, figures in rows[1:]:
+        if base and "p50_ms" in figures:
+            ratio = figures["p50_ms"] / base
+            verdict = "within" if ratio <= 3 else "outside"
+            p99 = "under" if figures["p99_ms"] < 50 else "over"
+            rss = "under" if figures["rss_mb"] < 200 else "over"
+            print(
+                f"{name}: p50 {ratio:.1f}x the echo bot's ({verdict} 3x); p99 {p99} 50 ms; "
+                f"RSS {rss} 200 MB"
+            )
+
+
+if __name__ == "__main__":
+    main()
