@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -26,9 +25,11 @@ from care.conversation import ConversationService
 from care.flow_versions import FlowStore
 from care.outbox import Channel, OutboxSender, SenderOptions
 from care.settings import Settings, resolve_path
-from care.workers import AppointmentBook, WorkerDesk, plain_appointment
+from care.workers import AppointmentBook, WorkerDesk
 from dialogues import FlowSource
 from nlu import Nlu, NluConfig, build_nlu
+from reminders.appointments import create_appointment
+from reminders.runtime import Reminders
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,8 @@ def nlu_config(settings: Settings) -> NluConfig:
 
 
 def appointment_book() -> AppointmentBook:
-    """`reminders.appointments.create_appointment` (reminders included), or a plain one."""
-    try:
-        module = importlib.import_module("reminders.appointments")
-    except ImportError:
-        log.warning("bootstrap.no_reminders appointments are saved without reminders")
-        return plain_appointment
-    book: AppointmentBook = module.create_appointment
+    """`reminders.appointments.create_appointment`: the appointment and its reminder jobs."""
+    book: AppointmentBook = create_appointment
     return book
 
 
@@ -112,22 +108,16 @@ class Background:
     def __init__(self, parts: Parts, *, auto_delete_every: float = AUTO_DELETE_EVERY_SECONDS):
         self.parts = parts
         self.auto_delete_every = auto_delete_every
-        self._reminders: Any = None
+        self._reminders: Reminders | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the reminders if they are installed, and the auto-delete job."""
-        try:
-            runtime = importlib.import_module("reminders.runtime")
-        except ImportError:
-            log.warning("bootstrap.no_reminders the scheduler is not installed")
-        else:
-            self._reminders = runtime.Reminders(
-                self.parts.care, self.parts.service, self.parts.clock
-            )
-            started = await self._reminders.start()
-            if not started:
-                log.info("bootstrap.reminders_elsewhere another process runs the scheduler")
+        """Start the reminders (they schedule only when this process gets the scheduler lock)
+        and the auto-delete job."""
+        parts = self.parts
+        self._reminders = Reminders(parts.care, parts.service, parts.clock)
+        if not await self._reminders.start():
+            log.info("bootstrap.reminders_elsewhere another process runs the scheduler")
         self._task = asyncio.create_task(self._auto_delete(), name="auto-delete")
 
     async def _auto_delete(self) -> None:

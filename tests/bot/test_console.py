@@ -19,7 +19,6 @@ from bot.console import run_console
 from care.context import Care
 from care.models import Escalation
 from care.settings import DEFAULT_CONFIG
-from care.workers import plain_appointment
 from nlu.config import default_cache_dir
 from tests.bot.world import shared_flows, shared_nlu
 
@@ -44,7 +43,6 @@ class Script:
 
 async def test_the_console_demo_end_to_end(care_ctx: Care) -> None:
     parts = build(care_ctx.settings, care=care_ctx, nlu=shared_nlu(), flows=shared_flows())
-    parts.desk.appointments = plain_appointment
     out = io.StringIO()
     script = Script()
 
