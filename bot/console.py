@@ -20,6 +20,7 @@ import itertools
 import logging
 from datetime import timedelta
 from typing import Protocol, TextIO
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -192,7 +193,7 @@ def _console_care(parts: Parts) -> Parts:
 
 
 async def _plan_demo_appointment(parts: Parts, client_id: int) -> None:
-    """An appointment tomorrow at 15:00 when she has none coming up."""
+    """An appointment tomorrow at 15:00 (her time) when she has none coming up."""
     now = parts.clock.now()
 
     def plan() -> None:
@@ -210,7 +211,8 @@ async def _plan_demo_appointment(parts: Parts, client_id: int) -> None:
                 return
             worker = session.get(Worker, client.assigned_worker_id)
             assert worker is not None
-            starts = (now + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+            local = (now + timedelta(days=1)).astimezone(ZoneInfo(client.timezone))
+            starts = local.replace(hour=15, minute=0, second=0, microsecond=0)
             parts.desk.appointments(session, parts.care, client, worker, starts, "Stationsplein 1")
 
     await asyncio.to_thread(plan)
@@ -299,8 +301,9 @@ def _inbound(line: str, channel: ConsoleChannel) -> Inbound | None:
             chat_id=chat, kind="choice", update_id=None, choice_id=buttons[int(line) - 1].id
         )
     message_id = channel.next_id()
-    if line.startswith("/"):
-        name, *args = line[1:].split()
+    words = line[1:].split() if line.startswith("/") else []
+    if words:
+        name, *args = words
         return Inbound(
             chat_id=chat,
             kind="command",

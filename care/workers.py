@@ -61,6 +61,11 @@ PENDING_TTL_SECONDS = 30 * 60
 
 MOOD_SCORE = {"bad": 1, "okay": 2, "good": 3}
 _MOOD_ICON = {"good": "😊", "okay": "😐", "bad": "😔"}
+_MOOD_WORD = {
+    "good": {"nl": "goed", "en": "good"},
+    "okay": {"nl": "gaat wel", "en": "okay"},
+    "bad": {"nl": "niet zo goed", "en": "not so good"},
+}
 
 
 class AppointmentBook(Protocol):
@@ -568,8 +573,9 @@ class WorkerDesk:
             .limit(5)
         ).all()
         for checkin in recent:
+            word = _MOOD_WORD.get(checkin.mood or "", {}).get(lang, checkin.mood or "")
             mood = (
-                f"{_MOOD_ICON.get(checkin.mood or '', '')} {checkin.mood}".strip()
+                f"{_MOOD_ICON.get(checkin.mood or '', '')} {word}".strip()
                 if checkin.mood
                 else _t("missed", lang)
                 if checkin.status is CheckInStatus.MISSED

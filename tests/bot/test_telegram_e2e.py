@@ -213,7 +213,7 @@ async def test_worker_commands(telegram_bot: TelegramWorld) -> None:
     assert "roos-1 – actief" in (sent[0].text or "")
     sent = await tg.exchange(lambda: worker("/client", "roos-1"), chat_id=WORKER_CHAT, expect=2)
     assert "Laatste check-ins" in (sent[0].text or "")
-    assert "bad" in (sent[0].text or "")
+    assert "😔 niet zo goed" in (sent[0].text or "")
     assert sent[1].kind == "photo" and sent[1].photo and sent[1].photo[:4] == b"\x89PNG"
     sent = await tg.exchange(lambda: worker("/client", "nobody-here"), chat_id=WORKER_CHAT)
     assert "Ik ken geen cliënt nobody-here" in (sent[0].text or "")

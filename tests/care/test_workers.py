@@ -92,7 +92,7 @@ async def test_client_view_has_checkins_and_a_mood_chart(world: World) -> None:
             )
     await world.command("client", "roos-1", chat_id=WORKER_CHAT)
     sent = world.to_worker()
-    assert "😔 bad" in sent[0].text and "😊 good" in sent[0].text
+    assert "😔 niet zo goed" in sent[0].text and "😊 goed" in sent[0].text
     assert sent[1].payload["type"] == "photo"
     assert sent[1].text == "Stemming van roos-1, laatste 8 weken"
 
