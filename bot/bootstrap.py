@@ -124,6 +124,7 @@ class Background:
         while True:
             try:
                 await self.parts.service.auto_delete()
+                await self.parts.service.forget_old_updates()
             except Exception as exc:  # the database may be away for a while; try again later
                 log.warning("auto_delete.failed error=%s", type(exc).__name__)
             await asyncio.sleep(self.auto_delete_every)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,6 +80,9 @@ MAX_TEXT_CHARS = 2000
 
 DELETE_WINDOW = timedelta(hours=48)
 """Telegram lets a bot delete messages in a private chat for 48 hours."""
+
+PROCESSED_KEPT = timedelta(days=7)
+"""How long a processed update id is kept (Telegram keeps undelivered updates for 24 hours)."""
 
 _DELETE_MARGIN = timedelta(minutes=10)
 _CHECKIN_WINDOW = timedelta(hours=36)
@@ -404,6 +407,8 @@ class ConversationService:
 
     def _enrolled(self, session: Session, client: Client, inbound: Inbound) -> None:
         now = self.clock.now()
+        if client.auto_delete_hours is None:
+            client.auto_delete_hours = self.settings.privacy.auto_delete_hours
         self._remember(session, client, inbound.message_id, now)
         state = self._load(session, client)
         context = self.context(session, client, state.fields, now)
@@ -1013,6 +1018,20 @@ class ConversationService:
             session.flush()
 
     # ------------------------------------------------------------------ leave no trace
+
+    async def forget_old_updates(self, older_than: timedelta = PROCESSED_KEPT) -> int:
+        """Drop processed update ids older than Telegram ever redelivers (keeps the table
+        small); returns how many were dropped."""
+        cutoff = self.clock.now() - older_than
+
+        def prune() -> int:
+            with self.care.sessions.begin() as session:
+                result = session.execute(
+                    delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < cutoff)
+                )
+                return int(getattr(result, "rowcount", 0) or 0)
+
+        return await asyncio.to_thread(prune)
 
     async def auto_delete(self) -> int:
         """Delete, for every client who chose it, the chat messages older than her N hours.

@@ -220,3 +220,25 @@ async def test_worker_replies_and_alerts_are_for_the_worker(world: World) -> Non
     assert alerts and alerts[0].to is RecipientKind.WORKER
     assert alerts[0].priority == OutboxPriority.CRITICAL
     assert alerts[0].button_ids[0].startswith("esc:ack:")
+
+
+async def test_old_update_ids_are_forgotten_after_a_week(world: World) -> None:
+    await enrolled(world)
+    world.clock.advance(timedelta(days=8))  # type: ignore[attr-defined]
+    recent = await world.command("checkin")
+    dropped = await world.service.forget_old_updates()
+    assert dropped >= 3
+    with world.care.sessions() as session:
+        kept = session.scalars(select(ProcessedUpdate.update_id)).all()
+    assert kept == [recent.update_id]
+
+
+async def test_new_clients_get_the_configured_auto_delete(care_ctx: Care) -> None:
+    settings = care_ctx.settings.model_copy(
+        update={"privacy": care_ctx.settings.privacy.model_copy(update={"auto_delete_hours": 24})}
+    )
+    import dataclasses
+
+    world = make_world(dataclasses.replace(care_ctx, settings=settings))
+    await world.enroll()
+    assert world.client().auto_delete_hours == 24
