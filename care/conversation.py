@@ -449,18 +449,29 @@ class ConversationService:
     def _worker_turn(
         self, session: Session, worker: Worker, inbound: Inbound, now: datetime
     ) -> None:
-        if inbound.kind == "command" and inbound.command == "start" and len(inbound.args) == 1:
-            try:
-                with session.begin_nested():
-                    directory.link_chat(session, self.care.vault, inbound.args[0], inbound.chat_id)
-            except CodeRefused:
-                pass
-            else:
-                found = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
-                if found.client is not None:
-                    self._enrolled(session, found.client, inbound)
-                    return
+        linked = self._relink(session, inbound)
+        if linked is not None and linked.client is not None:
+            self._enrolled(session, linked.client, inbound)
+            return
+        if linked is not None and linked.worker is not None and linked.worker.id != worker.id:
+            self.desk.welcome(session, linked.worker)
+            return
         self.desk.handle(session, worker, inbound, now)
+
+    def _relink(self, session: Session, inbound: Inbound) -> directory.Linked | None:
+        """`/start <code>` in a chat that is linked already: the code's person takes the chat
+        (a new code for her, or a code meant for someone else). None when it is no code."""
+        if inbound.kind != "command" or inbound.command != "start" or len(inbound.args) != 1:
+            return None
+        try:
+            with session.begin_nested():
+                linked = directory.link_chat(
+                    session, self.care.vault, inbound.args[0], inbound.chat_id
+                )
+        except CodeRefused:
+            return None  # an old link clicked again: a plain /start
+        log.info("chat.relinked update=%s", inbound.update_id)
+        return linked
 
     def _client_turn(
         self,
@@ -490,12 +501,13 @@ class ConversationService:
             key = _UNSUPPORTED_KEYS.get(inbound.reason, "unsupported_media")
             self._reply(session, client, text_for(key, client.language))
             return
-        if inbound.kind == "command" and inbound.command == "start" and inbound.args:
-            try:
-                with session.begin_nested():
-                    directory.link_chat(session, self.care.vault, inbound.args[0], inbound.chat_id)
-            except CodeRefused:
-                pass  # an old link clicked again: plain /start
+        linked = self._relink(session, inbound)
+        if linked is not None and linked.worker is not None:
+            self.desk.welcome(session, linked.worker)
+            return
+        if linked is not None and linked.client is not None and linked.client.id != client.id:
+            self._enrolled(session, linked.client, inbound)
+            return
         state = self._load(session, client)
         context = self.context(session, client, state.fields, now)
         engine_input: dialogues.Input

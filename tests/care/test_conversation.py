@@ -242,3 +242,25 @@ async def test_new_clients_get_the_configured_auto_delete(care_ctx: Care) -> Non
     world = make_world(dataclasses.replace(care_ctx, settings=settings))
     await world.enroll()
     assert world.client().auto_delete_hours == 24
+
+
+async def test_a_new_code_in_a_linked_chat_moves_the_chat_to_its_person(world: World) -> None:
+    from care import directory
+    from care.models import Worker
+
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        worker = session.get(Worker, world.worker_id)
+        assert worker is not None
+        other = directory.invite_client(session, world.care.vault, worker, alias="maan-2")
+    await world.command("start", other.code)
+    assert world.to_client()[0].text == "Hoi! 👋 Fijn dat je er bent."
+    with world.care.sessions() as session:
+        old = session.get(Client, world.client_id)
+        new = session.get(Client, other.id)
+        assert old is not None and new is not None
+        assert old.chat_index is None and new.chat_index is not None
+        assert new.status is ClientStatus.ACTIVE
+    # An old, used code clicked again is a plain /start for whoever has the chat now.
+    await world.command("start", other.code)
+    assert world.to_client()[0].text == "Hoi! 👋 Fijn dat je er bent."
