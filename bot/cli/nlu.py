@@ -155,7 +155,7 @@ def train(backend: BackendName, langs: tuple[str, ...]) -> None:
             if target.is_file():
                 click.echo(f"rasa {lang}: up to date ({target})")
                 continue
-            click.echo(f"rasa {lang}: training (about a minute on 2 cores)")
+            click.echo(f"rasa {lang}: training (15 s or so on 2 cores)")
             train_model(lang, config.cache_dir, on_line=_RasaProgress(lang))
             click.echo(f"rasa {lang}: done in {time.monotonic() - started:.0f} s -> {target}")
 

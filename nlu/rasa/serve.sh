@@ -33,7 +33,7 @@ from nlu.rasa_env import model_path, train_model
 
 lang, cache = sys.argv[1], Path(sys.argv[2])
 if not model_path(lang, cache).is_file():
-    print(f"Training the Rasa model for '{lang}' (about a minute)...", file=sys.stderr)
+    print(f"Training the Rasa model for '{lang}' (15 s or so)...", file=sys.stderr)
 print(train_model(lang, cache))
 PY
 }
