@@ -27,7 +27,9 @@ from care.models import (
     Client,
     Escalation,
     EscalationStatus,
+    OutboxMessage,
     OutboxPriority,
+    OutboxStatus,
     Severity,
     Worker,
 )
@@ -122,6 +124,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "nl": "Dit kan ik niet doen: deze knop hoort niet bij een cliënt van jouw organisatie.",
         "en": "I cannot do that: this button does not belong to a client of your organisation.",
     },
+    "seen_by": {"nl": "👀 Gezien door {name}", "en": "👀 Acknowledged by {name}"},
+    "resolved_by": {"nl": "✅ Afgehandeld door {name}", "en": "✅ Resolved by {name}"},
     "client_seen": {
         "nl": "{worker_name} heeft je bericht gezien.",
         "en": "{worker_name} has seen your message.",
@@ -283,6 +287,7 @@ def act(
     action: Action,
     *,
     now: datetime,
+    settings: Settings,
 ) -> Outcome:
     """Acknowledge, resolve or "I will call her" for one escalation, as this worker.
 
@@ -321,6 +326,7 @@ def act(
         escalation.resolved_at, escalation.resolved_by = now, worker.id
         escalation.next_step_at = None
         _audit(session, actor, "escalation.resolve", client, escalation)
+        _update_alerts(session, vault, settings, escalation, client, worker)
         return Outcome(True, _t("resolved", lang, **values), escalation.id)
 
     already = escalation.status is EscalationStatus.ACKNOWLEDGED
@@ -329,6 +335,7 @@ def act(
         escalation.acknowledged_at, escalation.acknowledged_by = now, worker.id
         escalation.next_step_at = None
         _audit(session, actor, "escalation.acknowledge", client, escalation)
+        _update_alerts(session, vault, settings, escalation, client, worker)
     if action is Action.CALL:
         if not silent:
             _tell_client(session, vault, client, worker, "client_call")
@@ -345,6 +352,50 @@ def act(
     if not silent:
         _tell_client(session, vault, client, worker, "client_seen")
     return Outcome(True, _t("acknowledged", lang, **values), escalation.id)
+
+
+def _update_alerts(
+    session: Session,
+    vault: Vault,
+    settings: Settings,
+    escalation: Escalation,
+    client: Client,
+    by: Worker,
+) -> None:
+    """Show on every alert already sent who took it; resolved alerts lose their buttons."""
+    rows = session.scalars(
+        select(OutboxMessage).where(
+            OutboxMessage.escalation_id == escalation.id,
+            OutboxMessage.kind == "alert",
+            OutboxMessage.status == OutboxStatus.SENT,
+            OutboxMessage.channel_message_id.is_not(None),
+        )
+    ).all()
+    for row in rows:
+        recipient = session.get(Worker, row.recipient_id)
+        if recipient is None or recipient.chat_id_enc is None:
+            continue
+        lang = recipient.language
+        resolved = escalation.status is EscalationStatus.RESOLVED
+        mark = _t("resolved_by" if resolved else "seen_by", lang, name=by.name)
+        layout = alert_buttons(escalation, lang)
+        buttons = [] if resolved else [layout[0][1], layout[1][0]]
+        payload: dict[str, Any] = {
+            "type": "edit",
+            "message_id": row.channel_message_id,
+            "text": alert_text(escalation, client, lang, settings) + "\n" + mark,
+            "buttons": [buttons] if buttons else [],
+        }
+        outbox.enqueue(
+            session,
+            vault,
+            recipient,
+            payload,
+            kind="alert_edit",
+            priority=OutboxPriority.NOTICE,
+            escalation_id=escalation.id,
+            client_id=client.id,
+        )
 
 
 def _audit(

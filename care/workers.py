@@ -897,7 +897,13 @@ class WorkerDesk:
         if parsed is not None:
             action, escalation_id = parsed
             outcome = escalations.act(
-                session, self.care.vault, worker, escalation_id, action, now=now
+                session,
+                self.care.vault,
+                worker,
+                escalation_id,
+                action,
+                now=now,
+                settings=self.care.settings,
             )
             self._say(session, worker, outcome.message)
             return

@@ -124,13 +124,22 @@ async def test_crisis_reaches_the_worker_with_buttons_and_acknowledge_works(
         escalation = session.scalars(select(Escalation)).one()
         assert escalation.status is EscalationStatus.ACKNOWLEDGED
         assert escalation.acknowledged_by == tg.world.worker_id
+    # The alert itself now says who took it, and keeps only "I will call her" and "Resolve".
+    await tg.until(lambda: (fake.message(WORKER_CHAT, alert.message_id) or alert).edit_count > 0)
+    edited = fake.message(WORKER_CHAT, alert.message_id)
+    assert edited is not None and "👀 Gezien door Anna de Vries" in (edited.text or "")
+    assert [label for label, _ in edited.buttons] == ["Ik bel haar", "Afgehandeld"]
     sent = await tg.exchange(
         lambda: fake.press(WORKER_CHAT, "Afgehandeld", alert.message_id), chat_id=WORKER_CHAT
     )
     assert "afgehandeld" in (sent[0].text or "")
-    # Pressing resolve again on the old alert is refused and changes nothing.
+    await tg.until(lambda: (fake.message(WORKER_CHAT, alert.message_id) or alert).buttons == [])
+    resolved = fake.message(WORKER_CHAT, alert.message_id)
+    assert resolved is not None and "✅ Afgehandeld door Anna de Vries" in (resolved.text or "")
+    # Pressing resolve again (an old copy of the alert) is refused and changes nothing.
+    resolve = dict(alert.buttons)["Afgehandeld"]
     sent = await tg.exchange(
-        lambda: fake.press(WORKER_CHAT, "Afgehandeld", alert.message_id), chat_id=WORKER_CHAT
+        lambda: fake.push_callback(WORKER_CHAT, resolve, alert.message_id), chat_id=WORKER_CHAT
     )
     assert "al afgehandeld" in (sent[0].text or "")
     assert fake.unanswered_callbacks() == []

@@ -53,7 +53,13 @@ def act(world: World, worker_id: int, escalation_id: int, action: Action) -> esc
         worker = session.get(Worker, worker_id)
         assert worker is not None
         return escalations.act(
-            session, world.care.vault, worker, escalation_id, action, now=world.clock.now()
+            session,
+            world.care.vault,
+            worker,
+            escalation_id,
+            action,
+            now=world.clock.now(),
+            settings=world.care.settings,
         )
 
 
