@@ -6,7 +6,9 @@ danger intents), a severity and phrases. A phrase is a sequence of word specs:
 - a plain word (`gevonden`): matches that word, and, when the word has 5 or more letters, also
   a typo of it at one edit (insert, delete, substitute, swap);
 - a prefix (`zelfmoord*`): matches every word that starts with it;
-- alternatives (`snijd|kras|snij`): any of them, each plain or prefix.
+- alternatives (`snijd|kras|snij`): any of them, each plain or prefix;
+- `$` as the last spec: the phrase must end its clause ("ik kan niet meer $" matches "ik kan
+  niet meer..." but not "ik kan niet meer wachten op de zomer").
 
 Text and phrases are cleaned the same way (see `nlu.text`): case, accents, invisible
 characters and repeated letters do not matter, and chat spellings are rewritten first
@@ -54,6 +56,7 @@ class LexiconEntry:
 class _Phrase:
     entry: LexiconEntry
     specs: tuple[str, ...]
+    ends_clause: bool = False
 
 
 class SafetyLexicon:
@@ -92,8 +95,10 @@ class SafetyLexicon:
         self._token_cache: dict[str, frozenset[str]] = {}
         for entry in self.entries:
             for phrase in entry.phrases:
-                specs = tuple(self._compile_spec(spec) for spec in phrase)
-                self._by_first.setdefault(specs[0], []).append(_Phrase(entry, specs))
+                ends_clause = len(phrase) > 1 and phrase[-1] == "$"
+                words_only = phrase[:-1] if ends_clause else phrase
+                specs = tuple(self._compile_spec(spec) for spec in words_only)
+                self._by_first.setdefault(specs[0], []).append(_Phrase(entry, specs, ends_clause))
 
     @classmethod
     def load(cls, lang: str, root: Path = SAFETY_DIR) -> SafetyLexicon:
@@ -177,6 +182,8 @@ class SafetyLexicon:
             else:
                 return False
         after = position + 1
+        if phrase.ends_clause and after < len(tokens):
+            return False
         negated_after = after < len(tokens) and tokens[after] in self._trailing
         return not (phrase.entry.negatable and negated_after)
 

@@ -51,6 +51,16 @@ DUTCH_DANGER = [
     ("ik word gevolgd", "high", "feel_unsafe"),
     ("ik zie het niet meer zitten", "high", "self_harm"),
     ("zelfmoord", "high", "self_harm"),
+    ("hij wil me vermoorden", "critical", "danger_now"),
+    ("hij heeft me verkracht", "critical", "danger_now"),
+    ("ik moet seks hebben met mannen voor geld", "critical", "exploiter_contact"),
+    ("ze verkopen me", "critical", "exploiter_contact"),
+    ("ik wil me van kant maken", "critical", "self_harm"),
+    ("ik ga mezelf wat aandoen", "critical", "self_harm"),
+    ("hij weet waar ik ben", "high", "feel_unsafe"),
+    ("hij komt me halen", "high", "danger_now"),
+    ("ik kan niet meer", "high", "self_harm"),
+    ("ik kan het echt niet meer!!", "high", "self_harm"),
 ]
 
 ENGLISH_DANGER = [
@@ -74,6 +84,14 @@ ENGLISH_DANGER = [
     ("i don't feel safe", "high", "feel_unsafe"),
     ("someone is following me", "high", "feel_unsafe"),
     ("suicide", "high", "self_harm"),
+    ("he's going to kill me", "critical", "danger_now"),
+    ("he raped me", "critical", "danger_now"),
+    ("they're selling me", "critical", "exploiter_contact"),
+    ("he makes me have sex with guys", "critical", "exploiter_contact"),
+    ("i'm gonna end it", "critical", "self_harm"),
+    ("he knows where i am", "high", "feel_unsafe"),
+    ("i'm being blackmailed", "high", "exploiter_contact"),
+    ("i can't do this anymore", "high", "self_harm"),
 ]
 
 
@@ -109,6 +127,9 @@ def test_english_danger_is_recognised(
         "de pakketbezorger staat voor de deur",
         "hoi, hoe gaat het?",
         "ik heb morgen een afspraak",
+        "ik kan niet meer wachten op de zomer",  # "ik kan niet meer" must end its clause
+        "ik wil niet meer naar die school",
+        "ik ben niet verkracht",
     ],
 )
 def test_dutch_harmless_or_negated_is_not_danger(nl: SafetyLexicon, text: str) -> None:
@@ -126,6 +147,8 @@ def test_dutch_harmless_or_negated_is_not_danger(nl: SafetyLexicon, text: str) -
         "i feel safe",
         "the mailman is at the door",
         "see you tomorrow",
+        "he's not outside",
+        "i'm not going to end it",
     ],
 )
 def test_english_harmless_or_negated_is_not_danger(en: SafetyLexicon, text: str) -> None:
