@@ -109,8 +109,8 @@ class NluSettings(_Frozen):
     """Which NLU backend understands free text."""
 
     backend: Literal["embedded", "rasa"] = "embedded"
-    confidence_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
-    rasa_url: str = "http://127.0.0.1:5005"
+    confidence_threshold: float = Field(default=0.20, ge=0.0, le=1.0)
+    rasa_url: str = "nl=http://127.0.0.1:5005,en=http://127.0.0.1:5006"
     rasa_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     cache_dir: Path = Path("var/nlu-cache")
     rasa_token: SecretStr | None = None
