@@ -194,14 +194,14 @@ def parse_callback(data: str) -> tuple[Action, int] | None:
 
 
 def alert_buttons(escalation: Escalation, lang: str) -> list[list[list[str]]]:
-    """The alert's inline buttons as payload rows: acknowledge / I will call her / resolve."""
-    return [
-        [
-            [callback_data(Action.ACKNOWLEDGE, escalation.id), _t("btn_ack", lang)],
-            [callback_data(Action.CALL, escalation.id), _t("btn_call", lang)],
-        ],
-        [[callback_data(Action.RESOLVE, escalation.id), _t("btn_resolve", lang)]],
-    ]
+    """The alert's inline buttons as payload rows: acknowledge / I will call her / resolve.
+
+    Once acknowledged, the acknowledge button is left out.
+    """
+    first = [[callback_data(Action.CALL, escalation.id), _t("btn_call", lang)]]
+    if escalation.acknowledged_at is None:
+        first.insert(0, [callback_data(Action.ACKNOWLEDGE, escalation.id), _t("btn_ack", lang)])
+    return [first, [[callback_data(Action.RESOLVE, escalation.id), _t("btn_resolve", lang)]]]
 
 
 def alert_text(escalation: Escalation, client: Client, lang: str, settings: Settings) -> str:
@@ -378,8 +378,9 @@ def _update_alerts(
         lang = recipient.language
         resolved = escalation.status is EscalationStatus.RESOLVED
         mark = _t("resolved_by" if resolved else "seen_by", lang, name=by.name)
+        # Acknowledged by now, so the layout has no acknowledge button: one row of the rest.
         layout = alert_buttons(escalation, lang)
-        buttons = [] if resolved else [layout[0][1], layout[1][0]]
+        buttons = [] if resolved else [button for line in layout for button in line]
         payload: dict[str, Any] = {
             "type": "edit",
             "message_id": row.channel_message_id,
