@@ -208,6 +208,10 @@ _T: dict[str, dict[str, str]] = {
     "unsafe_mark": {"nl": " – voelt zich niet veilig", "en": " – does not feel safe"},
     "missed": {"nl": "geen antwoord", "en": "no answer"},
     "appointments_head": {"nl": "Komende afspraken:", "en": "Upcoming appointments:"},
+    "skipped_head": {
+        "nl": "Niet verstuurd (laatste 14 dagen):",
+        "en": "Not sent (last 14 days):",
+    },
     "none": {"nl": "• geen", "en": "• none"},
     "open_escalations": {
         "nl": "Open escalaties: {count}",
@@ -291,6 +295,31 @@ _STATUS: dict[ClientStatus, dict[str, str]] = {
     ClientStatus.PAUSED: {"nl": "pauze", "en": "paused"},
     ClientStatus.ENDED: {"nl": "gestopt", "en": "stopped"},
 }
+
+
+# Why a reminder, check-in or message was not sent (codes from care.outbox and reminders).
+_SKIP_REASON = {
+    "expired": {"nl": "te laat, niet meer zinvol", "en": "too late to be useful"},
+    "too_late": {"nl": "te laat, niet meer zinvol", "en": "too late to be useful"},
+    "unreachable": {"nl": "onbereikbaar (bot geblokkeerd?)", "en": "unreachable (bot blocked?)"},
+    "unconfirmed": {"nl": "misschien niet aangekomen", "en": "may not have arrived"},
+    "missed_downtime": {"nl": "bot was uit", "en": "the bot was down"},
+    "superseded": {"nl": "vervangen door een nieuwere", "en": "replaced by a newer one"},
+    "quiet_hours": {"nl": "in haar stille uren", "en": "in her quiet hours"},
+    "paused": {"nl": "ze heeft gepauzeerd", "en": "she paused"},
+    "ended": {"nl": "ze is gestopt", "en": "she stopped"},
+    "invited": {"nl": "nog niet gekoppeld", "en": "not enrolled yet"},
+}
+_SKIP_KIND = {
+    "checkin": {"nl": "check-in", "en": "check-in"},
+    "appointment_reminder": {"nl": "afspraakherinnering", "en": "appointment reminder"},
+}
+
+
+def _skip_line(kind: str, reason: str, lang: str) -> str:
+    what = _SKIP_KIND.get(kind, {}).get(lang, kind)
+    why = _SKIP_REASON.get(reason, {}).get(lang, reason)
+    return f"{what}: {why}"
 
 
 def _t(key: str, lang: str, **values: Any) -> str:
@@ -601,6 +630,12 @@ class WorkerDesk:
             lines.append(f"• {self._local(appointment.starts_at, client.timezone, lang)}")
         if not upcoming:
             lines.append(_t("none", lang))
+        skipped = outbox.skipped_sends(session, client.id, since=now - timedelta(days=14))
+        if skipped:
+            lines += ["", _t("skipped_head", lang)]
+            for skip in skipped[:5]:
+                when = self._local(skip.due_at or skip.recorded_at, zone, lang)
+                lines.append(f"• {when} {_skip_line(skip.kind, skip.reason, lang)}")
         open_count = session.scalar(
             select(func.count()).where(
                 Escalation.client_id == client.id, Escalation.status != EscalationStatus.RESOLVED

@@ -171,3 +171,34 @@ def test_mood_chart_is_a_png() -> None:
         for day, mood in ((1, "good"), (4, "okay"), (8, "bad"))
     ]
     assert mood_chart(points, "test")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_client_view_shows_what_was_not_sent_and_why(world: World) -> None:
+    from care.outbox import record_skip
+
+    now = world.clock.now()
+    with world.care.sessions.begin() as session:
+        record_skip(
+            session,
+            world.client_id,
+            "checkin",
+            "quiet_hours",
+            due_at=now - timedelta(days=1),
+            at=now,
+        )
+        record_skip(
+            session, world.client_id, "appointment_reminder", "missed_downtime", due_at=now, at=now
+        )
+        record_skip(
+            session,
+            world.client_id,
+            "checkin",
+            "paused",
+            due_at=now - timedelta(days=30),
+            at=now - timedelta(days=30),
+        )
+    text = await worker_says(world, "client", "roos-1")
+    assert "Niet verstuurd (laatste 14 dagen):" in text
+    assert "check-in: in haar stille uren" in text
+    assert "afspraakherinnering: bot was uit" in text
+    assert "ze heeft gepauzeerd" not in text  # older than 14 days
