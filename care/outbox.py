@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -290,8 +292,15 @@ class SenderOptions:
     """How long a claim lasts; a crashed sender's rows are taken over after this."""
     batch_size: int = 60
     """How many due rows to hold claimed at once (about two seconds of sending)."""
-    max_in_flight: int = 4
-    """Deliveries running at the same time (never two to the same person)."""
+    max_in_flight: int = 16
+    """Deliveries between their in-flight mark and their result (never two to the same
+    person); also the most messages left in doubt ("unconfirmed") when the process dies."""
+    ready_ahead: int = 2
+    """Deliveries marked in flight before their turn at the rate limit, so that a send never
+    waits for a commit; more (up to `max_in_flight`) while commits are slow. A better-priority
+    message may always be marked ahead of them."""
+    commit_batch: int = 100
+    """The most result marks committed together in one transaction (group commit)."""
     poll_seconds: float = 0.5
     """How often to look for new rows when nobody calls `wake()`."""
     headroom: float = 0.95
@@ -337,9 +346,9 @@ class _Bucket:
 class _Gate:
     """Telegram's limits: per chat and overall token buckets, and 429 pauses."""
 
-    def __init__(self, per_chat: float, overall: float) -> None:
+    def __init__(self, per_chat: float, overall: float, overall_burst: float = 1.0) -> None:
         self.per_chat = per_chat
-        self.overall = _Bucket(overall, 1.0)
+        self.overall = _Bucket(overall, max(1.0, overall_burst))
         self.chats: dict[tuple[str, int], _Bucket] = {}
         self.paused_until = 0.0
         self.chat_paused_until: dict[tuple[str, int], float] = {}
@@ -384,11 +393,100 @@ def _sender_name() -> str:
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+_Job = Callable[[Session], Any]
+
+_MIN_REFILL_GAP = 0.05
+"""Seconds between two claims, however often `wake()` is called."""
+_LATENCY_MEMORY = 3.0
+"""Seconds of commit latencies that decide how many rows to arm ahead."""
+
+
+class _GroupCommit:
+    """Runs write jobs on one database thread, many of them in one transaction.
+
+    Jobs that arrive while a transaction is being committed wait and go together in the next
+    one, so that a burst of sends costs a few commits instead of one or two each (on SQLite
+    with synchronous=FULL every commit is an fsync, and writers queue for one lock). Each
+    caller is answered when its job is durable. When a batch fails, its jobs are run again
+    one by one, each in its own transaction, so that one bad row cannot hold up the others.
+    """
+
+    def __init__(self, sessions: Callable[[], Session], max_batch: int) -> None:
+        self._sessions = sessions
+        self._max_batch = max(1, max_batch)
+        self._pending: list[tuple[_Job, asyncio.Future[Any]]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-commit")
+        self._drainer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def run(self, job: Callable[[Session], _T]) -> _T:
+        """Run `job(session)` in a transaction; return its result once committed."""
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="outbox-commit")
+        return await future
+
+    async def close(self) -> None:
+        """Finish what was submitted, then stop the thread."""
+        if self._drainer is not None:
+            await self._drainer
+        self._pool.shutdown(wait=True)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._pool, self._commit, [job for job, _ in batch]
+                )
+            except BaseException as exc:  # the pool is gone or we are cancelled
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
+                raise
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _commit(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """Thread side: all jobs in one transaction, or one by one when that fails."""
+        if len(jobs) > 1:
+            try:
+                with self._sessions() as session, session.begin():
+                    results = [job(session) for job in jobs]
+                self.commits += 1
+                return [(True, result) for result in results]
+            except Exception as exc:
+                _log.warning("outbox.batch_failed size=%d error=%s", len(jobs), type(exc).__name__)
+        outcomes: list[tuple[bool, Any]] = []
+        for job in jobs:
+            try:
+                with self._sessions() as session, session.begin():
+                    outcomes.append((True, job(session)))
+                self.commits += 1
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+
 class OutboxSender:
     """Delivers due outbox rows through a channel: by priority, in order per person, once.
 
     Several senders may run on PostgreSQL (claims use SELECT ... FOR UPDATE SKIP LOCKED); on
     SQLite the claims are conditional updates, so a second sender is safe but pointless.
+
+    A claimed row goes through three steps. Armed: its in-flight mark is committed (in a group
+    commit with other rows' marks), a little ahead of its turn. Fired: when the rate limits
+    let a message go, the best-priority armed row is handed to the channel. Settled: its
+    result (sent, retry later, failed) is committed, again grouped with others. The loop that
+    paces the sends never waits for the database: claims and commits run on their own threads.
     """
 
     def __init__(
@@ -405,22 +503,38 @@ class OutboxSender:
         self.options = options or SenderOptions()
         self.name = (name or _sender_name())[:64]
         limits = care.settings.telegram.rate_limits
+        overall = limits.overall_per_second * self.options.headroom
+        # The overall bucket may hold a little more than one send, so that a loop that wakes a
+        # few ms late catches up instead of losing the time; it stays small enough that no
+        # window of one second sees more than the limit: burst + rate <= limit - 1/4.
         self._gate = _Gate(
             limits.per_chat_per_second * self.options.headroom,
-            limits.overall_per_second * self.options.headroom,
+            overall,
+            limits.overall_per_second - overall - 0.25,
         )
+        self._overall_rate = overall
+        self._arm_latencies: collections.deque[tuple[float, float]] = collections.deque()
         self._postgres = care.engine.dialect.name == "postgresql"
         self._protect = care.settings.privacy.protect_content
-        self._queue: list[_Item] = []
+        self._queue: list[_Item] = []  # claimed, not yet armed; sorted by (priority, id)
+        self._ahead: dict[int, _Item] = {}  # being armed or armed, not yet fired
+        self._armed: list[_Item] = []  # in-flight mark committed, waiting for its turn
+        self._handback: list[_Item] = []  # armed after stop began: never sent, handed back
         self._known: set[int] = set()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._busy_recipients: set[tuple[str, int]] = set()
         self._wake = asyncio.Event()
+        self._wakes = 0  # counts wake() calls: a claim started after the last one saw all rows
+        self._claimed_wakes = -1
+        self._recheck = False
+        self._last_claimed = 0
+        self._last_refill = float("-inf")
+        self._refilling: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._db_pool: ThreadPoolExecutor | None = None
+        self._claim_pool: ThreadPoolExecutor | None = None
+        self._commits: _GroupCommit | None = None
         self._stopping = False
-        self._draining = False
         self._idle = asyncio.Event()
         self.sent_count = 0
 
@@ -431,7 +545,8 @@ class OutboxSender:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
+        self._claim_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-claim")
+        self._commits = _GroupCommit(self.care.sessions, self.options.commit_batch)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="outbox-sender")
         _log.info("outbox.sender_started sender=%s", self.name)
@@ -446,9 +561,13 @@ class OutboxSender:
         except RuntimeError:
             running = None
         if running is loop:
-            self._wake.set()
+            self._woken()
         else:
-            loop.call_soon_threadsafe(self._wake.set)
+            loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wakes += 1
+        self._wake.set()
 
     async def idle(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
         """Wait until nothing is due, queued or in flight; False on time-out."""
@@ -464,7 +583,8 @@ class OutboxSender:
         """Stop sending. With `flush`, first deliver what is due (up to `timeout` seconds).
 
         Deliveries already under way are always finished, never cut off half-way (that would
-        leave a message in doubt). Claimed rows not yet sent are handed back.
+        leave a message in doubt). Claimed rows not yet sent are handed back, also those
+        already marked in flight but not yet handed to the channel.
         """
         if self._task is None:
             return
@@ -474,54 +594,71 @@ class OutboxSender:
         self._wake.set()
         await self._task
         self._task = None
+        if self._refilling is not None:
+            await asyncio.wait([self._refilling], timeout=timeout)
         if self._in_flight:
             await asyncio.wait(list(self._in_flight.values()), timeout=timeout)
         queued = [item.row_id for item in self._queue]
+        armed = [item.row_id for item in self._armed + self._handback]
         self._queue.clear()
+        self._armed.clear()
+        self._handback.clear()
+        self._ahead.clear()
         self._known.clear()
-        if queued:
-            await self._db(self._release_claims, queued)
-        if self._db_pool is not None:
-            self._db_pool.shutdown(wait=True)
-            self._db_pool = None
-        _log.info("outbox.sender_stopped sender=%s returned=%d", self.name, len(queued))
+        assert self._commits is not None
+        try:
+            if queued:
+                await self._commits.run(lambda s: self._release_claims(s, queued))
+            if armed:
+                await self._commits.run(lambda s: self._disarm(s, armed))
+        except Exception as exc:  # the claims expire by themselves
+            _log.warning("outbox.handback_failed sender=%s error=%s", self.name, type(exc).__name__)
+        await self._commits.close()
+        self._commits = None
+        if self._claim_pool is not None:
+            self._claim_pool.shutdown(wait=True)
+            self._claim_pool = None
+        _log.info(
+            "outbox.sender_stopped sender=%s returned=%d", self.name, len(queued) + len(armed)
+        )
 
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        opts = self.options
-        last_refill = 0.0
-        claimed = 0
         last_prune = time.monotonic()
         while not self._stopping:
-            now = time.monotonic()
-            woken = self._wake.is_set()
             self._wake.clear()
-            since = now - last_refill
-            low = len(self._queue) * 2 < opts.batch_size and since >= 0.05 and claimed > 0
-            if woken or low or since >= opts.poll_seconds:
-                claimed = await self._refill()
-                last_refill = time.monotonic()
-                if not claimed and not self._queue and not self._in_flight:
-                    self._idle.set()
+            now = time.monotonic()
+            waits = [self._arm_ready(now), self._fire_ready()]
+            if self._refilling is None:
+                refill_wait = self._refill_wait(now)
+                if refill_wait <= 0:
+                    self._refilling = asyncio.create_task(self._refill(), name="outbox-claim")
+                else:
+                    waits.append(refill_wait)
             if now - last_prune > 30:
                 self._gate.forget_idle(now)
                 last_prune = now
-            delay = self._dispatch_ready()
-            if self._stopping:
-                break
-            if delay is None:
-                delay = opts.poll_seconds
-            remaining = opts.poll_seconds - (time.monotonic() - last_refill)
-            delay = max(0.001, min(delay, max(remaining, 0.001)))
+            delay = max(0.001, min((w for w in waits if w is not None), default=1.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
-    def _dispatch_ready(self) -> float | None:
-        """Start every delivery that may go now; return seconds until the next one may."""
+    def _refill_wait(self, now: float) -> float:
+        """Seconds until the next claim is due (0: now)."""
+        since = now - self._last_refill
+        wait = self.options.poll_seconds - since
+        low = len(self._queue) * 2 < self.options.batch_size
+        if self._wakes != self._claimed_wakes or (low and (self._last_claimed or self._recheck)):
+            # A burst of wakes (a scheduler writing thousands of reminders) must not turn
+            # into a claim each: every claim is a write that queues for the database lock.
+            wait = min(wait, _MIN_REFILL_GAP - since)
+        return max(wait, 0.0)
+
+    def _arm_ready(self, now: float) -> float | None:
+        """Mark the next rows in flight (ahead of their turn); seconds until one may be armed."""
+        opts = self.options
         soonest: float | None = None
-        while self._queue and len(self._in_flight) < self.options.max_in_flight:
-            now = time.monotonic()
+        while self._queue and len(self._in_flight) < opts.max_in_flight:
             chosen: _Item | None = None
             for item in self._queue:  # kept sorted by (priority, id)
                 if item.recipient in self._busy_recipients:
@@ -533,35 +670,109 @@ class OutboxSender:
                 soonest = wait if soonest is None else min(soonest, wait)
             if chosen is None:
                 return soonest
-            wait = self._gate.global_wait(now)
-            if wait > 0:
-                return wait
+            if len(self._ahead) >= self._ready_target(now):
+                best_ahead = min(item.priority for item in self._ahead.values())
+                if chosen.priority >= best_ahead:
+                    return soonest
             self._queue.remove(chosen)
-            self._gate.take(chosen.recipient)
             self._busy_recipients.add(chosen.recipient)
-            task = asyncio.create_task(self._deliver(chosen), name=f"outbox-{chosen.row_id}")
+            self._ahead[chosen.row_id] = chosen
+            task = asyncio.create_task(self._arm(chosen), name=f"outbox-arm-{chosen.row_id}")
             self._in_flight[chosen.row_id] = task
         return soonest
 
-    async def _refill(self) -> int:
+    def _ready_target(self, now: float) -> int:
+        """How many rows to hold armed: enough to cover the slowest recent commit."""
+        latencies = self._arm_latencies
+        while latencies and latencies[0][0] < now - _LATENCY_MEMORY:
+            latencies.popleft()
+        slowest = max((latency for _, latency in latencies), default=0.0)
+        cover = math.ceil(slowest * self._overall_rate * 1.25) + 1
+        return max(1, min(self.options.max_in_flight, max(self.options.ready_ahead, cover)))
+
+    def _fire_ready(self) -> float | None:
+        """Hand armed rows to the channel while the limits allow; seconds until the next may."""
+        while self._armed:
+            now = time.monotonic()
+            wait = self._gate.global_wait(now)
+            if wait > 0:
+                return wait
+            chosen: _Item | None = None
+            soonest: float | None = None
+            for item in self._armed:  # kept sorted by (priority, id)
+                chat_wait = self._gate.chat_wait(item.recipient, now)
+                if chat_wait <= 0:
+                    chosen = item
+                    break
+                soonest = chat_wait if soonest is None else min(soonest, chat_wait)
+            if chosen is None:
+                return soonest
+            self._armed.remove(chosen)
+            self._ahead.pop(chosen.row_id, None)
+            self._gate.take(chosen.recipient)
+            task = asyncio.create_task(self._send(chosen), name=f"outbox-{chosen.row_id}")
+            self._in_flight[chosen.row_id] = task
+        return None
+
+    async def _refill(self) -> None:
         opts = self.options
+        self._claimed_wakes = wakes = self._wakes
+        self._recheck = False
+        self._last_refill = time.monotonic()
         want = max(opts.batch_size - len(self._queue) - len(self._in_flight), 0)
         worst = max((item.priority for item in self._queue), default=None)
+        fresh: list[_Item] = []
         try:
-            items = await self._db(self._claim, want, worst)
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(self._claim_pool, self._claim, want, worst)
+            fresh = [item for item in items if item.row_id not in self._known]
         except Exception as exc:  # the database is away: keep what we hold, try again later
             _log.warning("outbox.claim_failed sender=%s error=%s", self.name, type(exc).__name__)
-            return 0
-        fresh = [item for item in items if item.row_id not in self._known]
+        finally:
+            self._refilling = None
+            self._wake.set()
         for item in fresh:
             self._known.add(item.row_id)
         self._queue.extend(fresh)
         self._queue.sort(key=lambda i: (i.priority, i.row_id))
-        return len(fresh)
+        self._last_claimed = len(fresh)
+        nothing = not fresh and not self._queue and not self._in_flight
+        if nothing and wakes == self._wakes:
+            self._idle.set()
 
-    async def _deliver(self, item: _Item) -> None:
+    async def _arm(self, item: _Item) -> None:
+        """Commit the in-flight mark; then the row waits for its turn (see `_fire_ready`)."""
+        armed = False
+        began = time.monotonic()
         try:
-            await self._deliver_once(item)
+            assert self._commits is not None
+            marked = await self._commits.run(lambda s: self._mark_in_flight(s, item.row_id))
+            self._arm_latencies.append((time.monotonic(), time.monotonic() - began))
+            if not marked:
+                _log.warning("outbox.claim_lost sender=%s outbox_id=%d", self.name, item.row_id)
+            elif self._stopping:
+                self._handback.append(item)
+            else:
+                self._armed.append(item)
+                self._armed.sort(key=lambda i: (i.priority, i.row_id))
+                armed = True
+        except Exception as exc:  # not marked, so not sent; the claim expires and it is retried
+            _log.error(
+                "outbox.arm_failed sender=%s outbox_id=%d error=%s",
+                self.name,
+                item.row_id,
+                type(exc).__name__,
+            )
+        finally:
+            if not armed:
+                self._ahead.pop(item.row_id, None)
+                self._done(item)
+            else:
+                self._wake.set()
+
+    async def _send(self, item: _Item) -> None:
+        try:
+            await self._send_once(item)
         except Exception as exc:  # never let one message stop the sender
             _log.error(
                 "outbox.deliver_crashed sender=%s outbox_id=%d error=%s",
@@ -570,15 +781,19 @@ class OutboxSender:
                 type(exc).__name__,
             )
         finally:
-            self._in_flight.pop(item.row_id, None)
-            self._known.discard(item.row_id)
-            self._busy_recipients.discard(item.recipient)
-            self._wake.set()
+            self._done(item)
 
-    async def _deliver_once(self, item: _Item) -> None:
-        if not await self._db(self._mark_in_flight, item.row_id):
-            _log.warning("outbox.claim_lost sender=%s outbox_id=%d", self.name, item.row_id)
-            return
+    def _done(self, item: _Item) -> None:
+        self._in_flight.pop(item.row_id, None)
+        self._known.discard(item.row_id)
+        self._busy_recipients.discard(item.recipient)
+        self._recheck = True
+        self._wake.set()
+
+    async def _send_once(self, item: _Item) -> None:
+        commits = self._commits
+        assert commits is not None
+        row_id = item.row_id
         try:
             delivered = await self.channel.deliver(item.outgoing)
         except RateLimited as exc:
@@ -587,30 +802,27 @@ class OutboxSender:
             _log.warning(
                 "outbox.rate_limited sender=%s outbox_id=%d retry_after=%.1f scope=%s",
                 self.name,
-                item.row_id,
+                row_id,
                 exc.retry_after,
                 scope or "global",
             )
-            await self._db(self._retry, item, "rate_limited", exc.retry_after, False)
+            after = exc.retry_after
+            await commits.run(lambda s: self._retry(s, item, "rate_limited", after, False))
         except MaybeDelivered:
             if item.outgoing.critical:
-                await self._db(self._retry, item, "maybe_delivered", 1.0, True)
+                await commits.run(lambda s: self._retry(s, item, "maybe_delivered", 1.0, True))
             else:
-                await self._db(self._mark_unconfirmed, item.row_id)
+                await commits.run(lambda s: self._mark_unconfirmed(s, row_id))
         except Unreachable:
-            await self._db(self._mark_unreachable, item.row_id)
+            await commits.run(lambda s: self._mark_unreachable(s, row_id))
         except PermanentError:
-            await self._db(self._finish, item.row_id, OutboxStatus.FAILED, "permanent")
+            await commits.run(lambda s: self._finish(s, row_id, OutboxStatus.FAILED, "permanent"))
         except (TransientError, ChannelError, OSError, TimeoutError) as exc:
             code = "transient" if isinstance(exc, ChannelError) else type(exc).__name__[:40]
-            await self._db(self._retry, item, code, None, True)
+            await commits.run(lambda s: self._retry(s, item, code, None, True))
         else:
-            await self._db(self._mark_sent, item.row_id, delivered)
+            await commits.run(lambda s: self._mark_sent(s, row_id, delivered))
             self.sent_count += 1
-
-    async def _db(self, fn: Callable[..., _T], *args: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_pool, fn, *args)
 
     # ------------------------------------------------------------------ database work (thread)
 
@@ -793,161 +1005,176 @@ class OutboxSender:
             return None
         return row
 
-    def _mark_in_flight(self, row_id: int) -> bool:
+    def _mark_in_flight(self, session: Session, row_id: int) -> bool:
         now = self.clock.now()
-        with self.care.sessions() as session, session.begin():
-            result = session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == row_id,
-                    OutboxMessage.status == OutboxStatus.SENDING,
-                    OutboxMessage.claimed_by == self.name,
-                )
-                .values(
-                    last_error=IN_FLIGHT,
-                    attempts=OutboxMessage.attempts + 1,
-                    claimed_until=now + timedelta(seconds=self.options.claim_seconds),
-                )
-                .execution_options(synchronize_session=False)
+        result = session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == row_id,
+                OutboxMessage.status == OutboxStatus.SENDING,
+                OutboxMessage.claimed_by == self.name,
             )
-            return bool(getattr(result, "rowcount", 0))
+            .values(
+                last_error=IN_FLIGHT,
+                attempts=OutboxMessage.attempts + 1,
+                claimed_until=now + timedelta(seconds=self.options.claim_seconds),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
 
-    def _mark_sent(self, row_id: int, delivered: Delivered) -> None:
+    def _disarm(self, session: Session, row_ids: list[int]) -> None:
+        """Hand back rows marked in flight that were never given to the channel."""
+        session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id.in_(row_ids),
+                OutboxMessage.status == OutboxStatus.SENDING,
+                OutboxMessage.claimed_by == self.name,
+                OutboxMessage.last_error == IN_FLIGHT,
+            )
+            .values(
+                status=OutboxStatus.PENDING,
+                claimed_by=None,
+                claimed_until=None,
+                last_error=None,
+                attempts=OutboxMessage.attempts - 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    def _mark_sent(self, session: Session, row_id: int, delivered: Delivered) -> None:
         now = self.clock.now()
-        with self.care.sessions() as session, session.begin():
-            row = self._owned(session, row_id)
-            if row is None:
-                _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
-                return
-            row.status = OutboxStatus.SENT
-            row.sent_at = now
-            row.last_error = None
-            row.claimed_until = None
-            if delivered.message_ids:
-                row.channel_message_id = delivered.message_ids[0]
-            if row.recipient_kind is RecipientKind.CLIENT and row.kind != "delete":
-                known = set(
-                    session.scalars(
-                        select(ChatMessage.message_id).where(
-                            ChatMessage.client_id == row.recipient_id,
-                            ChatMessage.message_id.in_(delivered.message_ids),
-                        )
+        row = self._owned(session, row_id)
+        if row is None:
+            _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
+            return
+        row.status = OutboxStatus.SENT
+        row.sent_at = now
+        row.last_error = None
+        row.claimed_until = None
+        if delivered.message_ids:
+            row.channel_message_id = delivered.message_ids[0]
+        if row.recipient_kind is RecipientKind.CLIENT and row.kind != "delete":
+            known = set(
+                session.scalars(
+                    select(ChatMessage.message_id).where(
+                        ChatMessage.client_id == row.recipient_id,
+                        ChatMessage.message_id.in_(delivered.message_ids),
                     )
                 )
-                for message_id in delivered.message_ids:
-                    if message_id not in known:
-                        session.add(
-                            ChatMessage(
-                                client_id=row.recipient_id,
-                                message_id=message_id,
-                                from_bot=True,
-                                at=now,
-                            )
+            )
+            for message_id in delivered.message_ids:
+                if message_id not in known:
+                    session.add(
+                        ChatMessage(
+                            client_id=row.recipient_id,
+                            message_id=message_id,
+                            from_bot=True,
+                            at=now,
                         )
-            _log.debug("outbox.sent outbox_id=%d attempts=%d", row.id, row.attempts)
+                    )
+        _log.debug("outbox.sent outbox_id=%d attempts=%d", row.id, row.attempts)
 
-    def _mark_unconfirmed(self, row_id: int) -> None:
-        with self.care.sessions() as session, session.begin():
-            row = self._owned(session, row_id)
-            if row is not None:
-                self._settle_unconfirmed(session, row, self.clock.now())
+    def _mark_unconfirmed(self, session: Session, row_id: int) -> None:
+        row = self._owned(session, row_id)
+        if row is not None:
+            self._settle_unconfirmed(session, row, self.clock.now())
 
-    def _finish(self, row_id: int, status: OutboxStatus, code: str) -> None:
-        with self.care.sessions() as session, session.begin():
-            row = self._owned(session, row_id)
-            if row is not None:
-                row.status = status
-                row.last_error = code
-                row.claimed_until = None
-                _log.warning("outbox.failed outbox_id=%d error=%s", row.id, code)
-
-    def _retry(self, item: _Item, code: str, after: float | None, counts: bool) -> None:
-        opts = self.options
-        with self.care.sessions() as session, session.begin():
-            row = self._owned(session, item.row_id)
-            if row is None:
-                return
-            if not counts:
-                row.attempts = max(row.attempts - 1, 0)
-            critical = row.priority <= OutboxPriority.CRITICAL
-            if counts and not critical and row.attempts >= opts.max_attempts:
-                row.status = OutboxStatus.FAILED
-                row.last_error = code
-                row.claimed_until = None
-                _log.error("outbox.gave_up outbox_id=%d attempts=%d", row.id, row.attempts)
-                return
-            if after is None:
-                step = opts.backoff_base_seconds * 2 ** max(row.attempts - 1, 0)
-                after = min(opts.backoff_cap_seconds, step) * random.uniform(0.5, 1.0)
-            row.status = OutboxStatus.PENDING
+    def _finish(self, session: Session, row_id: int, status: OutboxStatus, code: str) -> None:
+        row = self._owned(session, row_id)
+        if row is not None:
+            row.status = status
             row.last_error = code
-            row.claimed_by = None
             row.claimed_until = None
-            row.not_before = self.clock.now() + timedelta(seconds=after)
-            _log.info(
-                "outbox.retry outbox_id=%d attempts=%d error=%s in=%.1fs",
-                row.id,
-                row.attempts,
-                code,
-                after,
-            )
+            _log.warning("outbox.failed outbox_id=%d error=%s", row.id, code)
 
-    def _mark_unreachable(self, row_id: int) -> None:
-        now = self.clock.now()
-        with self.care.sessions() as session, session.begin():
-            row = self._owned(session, row_id)
-            if row is None:
-                return
+    def _retry(
+        self, session: Session, item: _Item, code: str, after: float | None, counts: bool
+    ) -> None:
+        opts = self.options
+        row = self._owned(session, item.row_id)
+        if row is None:
+            return
+        if not counts:
+            row.attempts = max(row.attempts - 1, 0)
+        critical = row.priority <= OutboxPriority.CRITICAL
+        if counts and not critical and row.attempts >= opts.max_attempts:
             row.status = OutboxStatus.FAILED
-            row.last_error = SKIP_UNREACHABLE
+            row.last_error = code
             row.claimed_until = None
-            if row.recipient_kind is not RecipientKind.CLIENT:
-                _log.error("outbox.worker_unreachable worker_id=%d", row.recipient_id)
-                return
-            client = session.get(Client, row.recipient_id)
-            if client is None:
-                return
-            record_skip(session, client.id, row.kind, SKIP_UNREACHABLE, due_at=row.not_before)
-            if client.unreachable:
-                return
-            client.unreachable = True
-            _log.warning("outbox.client_unreachable client_id=%d", client.id)
-            others = session.scalars(
-                select(OutboxMessage).where(
-                    OutboxMessage.recipient_kind == RecipientKind.CLIENT,
-                    OutboxMessage.recipient_id == client.id,
-                    OutboxMessage.status == OutboxStatus.PENDING,
-                )
-            )
-            for other in others:
-                other.status = OutboxStatus.CANCELLED
-                other.last_error = SKIP_UNREACHABLE
-                record_skip(session, client.id, other.kind, SKIP_UNREACHABLE, at=now)
-            worker = session.get(Worker, client.assigned_worker_id)
-            if worker is None:
-                return
-            text = _UNREACHABLE_NOTICE.get(worker.language, _UNREACHABLE_NOTICE["nl"])
-            enqueue(
-                session,
-                self.care.vault,
-                worker,
-                {"type": "text", "text": text.format(alias=client.alias)},
-                kind="notice_unreachable",
-                priority=OutboxPriority.NOTICE,
-                dedupe_key=f"unreachable:{client.id}:{row.id}",
-                client_id=client.id,
-            )
+            _log.error("outbox.gave_up outbox_id=%d attempts=%d", row.id, row.attempts)
+            return
+        if after is None:
+            step = opts.backoff_base_seconds * 2 ** max(row.attempts - 1, 0)
+            after = min(opts.backoff_cap_seconds, step) * random.uniform(0.5, 1.0)
+        row.status = OutboxStatus.PENDING
+        row.last_error = code
+        row.claimed_by = None
+        row.claimed_until = None
+        row.not_before = self.clock.now() + timedelta(seconds=after)
+        _log.info(
+            "outbox.retry outbox_id=%d attempts=%d error=%s in=%.1fs",
+            row.id,
+            row.attempts,
+            code,
+            after,
+        )
 
-    def _release_claims(self, row_ids: list[int]) -> None:
-        with self.care.sessions() as session, session.begin():
-            session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id.in_(row_ids),
-                    OutboxMessage.status == OutboxStatus.SENDING,
-                    OutboxMessage.claimed_by == self.name,
-                    or_(OutboxMessage.last_error.is_(None), OutboxMessage.last_error != IN_FLIGHT),
-                )
-                .values(status=OutboxStatus.PENDING, claimed_by=None, claimed_until=None)
-                .execution_options(synchronize_session=False)
+    def _mark_unreachable(self, session: Session, row_id: int) -> None:
+        now = self.clock.now()
+        row = self._owned(session, row_id)
+        if row is None:
+            return
+        row.status = OutboxStatus.FAILED
+        row.last_error = SKIP_UNREACHABLE
+        row.claimed_until = None
+        if row.recipient_kind is not RecipientKind.CLIENT:
+            _log.error("outbox.worker_unreachable worker_id=%d", row.recipient_id)
+            return
+        client = session.get(Client, row.recipient_id)
+        if client is None:
+            return
+        record_skip(session, client.id, row.kind, SKIP_UNREACHABLE, due_at=row.not_before)
+        if client.unreachable:
+            return
+        client.unreachable = True
+        _log.warning("outbox.client_unreachable client_id=%d", client.id)
+        others = session.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.recipient_kind == RecipientKind.CLIENT,
+                OutboxMessage.recipient_id == client.id,
+                OutboxMessage.status == OutboxStatus.PENDING,
             )
+        )
+        for other in others:
+            other.status = OutboxStatus.CANCELLED
+            other.last_error = SKIP_UNREACHABLE
+            record_skip(session, client.id, other.kind, SKIP_UNREACHABLE, at=now)
+        worker = session.get(Worker, client.assigned_worker_id)
+        if worker is None:
+            return
+        text = _UNREACHABLE_NOTICE.get(worker.language, _UNREACHABLE_NOTICE["nl"])
+        enqueue(
+            session,
+            self.care.vault,
+            worker,
+            {"type": "text", "text": text.format(alias=client.alias)},
+            kind="notice_unreachable",
+            priority=OutboxPriority.NOTICE,
+            dedupe_key=f"unreachable:{client.id}:{row.id}",
+            client_id=client.id,
+        )
+
+    def _release_claims(self, session: Session, row_ids: list[int]) -> None:
+        session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id.in_(row_ids),
+                OutboxMessage.status == OutboxStatus.SENDING,
+                OutboxMessage.claimed_by == self.name,
+                or_(OutboxMessage.last_error.is_(None), OutboxMessage.last_error != IN_FLIGHT),
+            )
+            .values(status=OutboxStatus.PENDING, claimed_by=None, claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
