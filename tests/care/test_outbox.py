@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
 
 from care.clock import FakeClock
 from care.context import Care
@@ -31,11 +35,13 @@ from care.outbox import (
     UNCONFIRMED,
     MaybeDelivered,
     OutboxSender,
+    Outgoing,
     PermanentError,
     RateLimited,
     SenderOptions,
     TransientError,
     Unreachable,
+    _GroupCommit,
     enqueue,
     skipped_sends,
 )
@@ -437,3 +443,101 @@ async def test_stop_hands_back_claimed_rows(care_ctx: Care) -> None:
     assert all(statuses[i] is OutboxStatus.SENT for i in sent)
     assert all(statuses[i] is OutboxStatus.PENDING for i in set(ids) - sent)
     assert len(sent) < len(ids)
+    # Rows marked in flight ahead of their turn but never sent go back as they were.
+    for row_id in set(ids) - sent:
+        back = row(care_ctx, row_id)
+        assert (back.attempts, back.last_error, back.claimed_by) == (0, None, None)
+
+
+async def test_the_in_flight_mark_is_committed_before_the_channel_sees_a_message(
+    care_ctx: Care,
+) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=400.0)
+    people = make_people(care_ctx, clients=12)
+    ids = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids]
+    seen: dict[int, tuple[str | None, int]] = {}
+
+    def check(message: Outgoing) -> None:
+        # A fresh session sees only what was committed.
+        stored = row(care_ctx, message.outbox_id)
+        seen[message.outbox_id] = (stored.last_error, stored.attempts)
+
+    channel = FakeChannel(delay=0.01, hook=check)
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert seen == {row_id: (IN_FLIGHT, 1) for row_id in ids}
+
+
+@pytest.fixture
+def commits(care_ctx: Care) -> Iterator[list[str]]:
+    """The names of the threads that committed a transaction, one entry per commit."""
+    names: list[str] = []
+
+    def count(_connection: object) -> None:
+        names.append(threading.current_thread().name)
+
+    event.listen(care_ctx.engine, "commit", count)
+    yield names
+    event.remove(care_ctx.engine, "commit", count)
+
+
+async def test_the_marks_of_many_deliveries_share_commits(
+    care_ctx: Care, commits: list[str]
+) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=400.0)
+    people = make_people(care_ctx, clients=40)
+    ids = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids]
+    commits.clear()
+    channel = FakeChannel(delay=0.05)
+    options = dataclasses.replace(FAST, ready_ahead=16, max_in_flight=16)
+    await run_until_idle(OutboxSender(care_ctx, channel, options=options))
+    assert sorted(channel.delivered_ids()) == ids
+    marks = [name for name in commits if name.startswith("outbox-commit")]
+    # One by one it would take two commits per message (in flight, then sent).
+    assert 0 < len(marks) <= len(ids) / 2
+    for row_id in ids:
+        assert row(care_ctx, row_id).status is OutboxStatus.SENT
+
+
+async def test_a_failing_job_does_not_hold_up_the_others_in_its_batch(
+    care_ctx: Care, people: People
+) -> None:
+    """A batch that fails is run again one job at a time: the good jobs commit, the bad one
+    reports its own error to its caller only."""
+    rows = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:3]]
+
+    def mark(row_id: int) -> Any:
+        def job(session: Session) -> int:
+            session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == row_id).values(last_error="done")
+            )
+            if row_id == rows[1]:
+                raise ValueError("this row cannot be written")
+            return row_id
+
+        return job
+
+    writer = _GroupCommit(care_ctx.sessions, max_batch=10)
+    outcomes = await asyncio.gather(*(writer.run(mark(r)) for r in rows), return_exceptions=True)
+    await writer.close()
+    assert outcomes[0] == rows[0] and outcomes[2] == rows[2]
+    assert isinstance(outcomes[1], ValueError)
+    assert [row(care_ctx, r).last_error for r in rows] == ["done", None, "done"]
+    assert writer.commits == 2  # the two good jobs, each on its own after the batch failed
+
+
+async def test_a_batch_of_good_jobs_is_one_commit(care_ctx: Care, people: People) -> None:
+    rows = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids]
+
+    def mark(row_id: int) -> Any:
+        def job(session: Session) -> None:
+            session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == row_id).values(last_error="done")
+            )
+
+        return job
+
+    writer = _GroupCommit(care_ctx.sessions, max_batch=10)
+    await asyncio.gather(*(writer.run(mark(r)) for r in rows))
+    await writer.close()
+    assert writer.commits == 1
+    assert all(row(care_ctx, r).last_error == "done" for r in rows)
