@@ -600,6 +600,9 @@ class OutboxSender:
             await asyncio.wait(list(self._in_flight.values()), timeout=timeout)
         queued = [item.row_id for item in self._queue]
         armed = [item.row_id for item in self._armed + self._handback]
+        for item in self._armed + self._handback:
+            self._in_flight.pop(item.row_id, None)
+            self._busy_recipients.discard(item.recipient)
         self._queue.clear()
         self._armed.clear()
         self._handback.clear()

@@ -4,7 +4,8 @@ several times; then check what reached the fake Telegram.
 What can be promised, and is checked here: no reminder arrives twice; every reminder the outbox
 marked as sent arrived exactly once; nothing is left unsent. A SIGKILL can land after Telegram
 accepted a message and before its row was marked: such a row is found "in flight" afterwards,
-is not repeated (it may have arrived) and is recorded as "unconfirmed" for her worker; there
+is not repeated (it may have arrived) and is recorded as "unconfirmed" for her worker. So is a
+row the sender had marked in flight ahead of its turn at the rate limit and not yet sent. There
 can be at most `max_in_flight` of those per kill. A dropped connection is the same case.
 """
 
