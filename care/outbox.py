@@ -920,20 +920,24 @@ class OutboxSender:
         if self._postgres:
             stmt = stmt.with_for_update(skip_locked=True)
         for row in session.scalars(stmt):
-            row.status = OutboxStatus.CANCELLED
-            row.last_error = SKIP_EXPIRED
             row.claimed_by = self.name
-            if row.client_id is not None:
-                record_skip(
-                    session,
-                    row.client_id,
-                    row.kind,
-                    SKIP_EXPIRED,
-                    due_at=row.not_before,
-                    ref=row.dedupe_key or f"outbox:{row.id}",
-                    at=now,
-                )
-            _log.info("outbox.expired outbox_id=%d kind=%s", row.id, row.kind)
+            self._cancel_expired(session, row, now)
+
+    def _cancel_expired(self, session: Session, row: OutboxMessage, now: datetime) -> None:
+        """Never send a row past `expires_at`; record it as skipped for her worker."""
+        row.status = OutboxStatus.CANCELLED
+        row.last_error = SKIP_EXPIRED
+        if row.client_id is not None:
+            record_skip(
+                session,
+                row.client_id,
+                row.kind,
+                SKIP_EXPIRED,
+                due_at=row.not_before,
+                ref=row.dedupe_key or f"outbox:{row.id}",
+                at=now,
+            )
+        _log.info("outbox.expired outbox_id=%d kind=%s", row.id, row.kind)
 
     def _prepare(self, session: Session, row: OutboxMessage, now: datetime) -> _Item | None:
         """Decrypt a claimed row; settle rows that cannot or must not be sent."""
@@ -944,12 +948,7 @@ class OutboxSender:
                 return None
             _log.warning("outbox.resend_critical outbox_id=%d", row.id)
         if row.expires_at is not None and row.expires_at <= now:
-            row.status = OutboxStatus.CANCELLED
-            row.last_error = SKIP_EXPIRED
-            if row.client_id is not None:
-                record_skip(
-                    session, row.client_id, row.kind, SKIP_EXPIRED, due_at=row.not_before, at=now
-                )
+            self._cancel_expired(session, row, now)
             return None
         person: Client | Worker | None
         if row.recipient_kind is RecipientKind.CLIENT:
