@@ -238,6 +238,7 @@ async def serve_telegram(
     elif application.updater is not None:
         await application.updater.stop()
     await application.stop()
+    await front.drain()
     await background.stop()
     await sender.stop(flush=True)
     await application.shutdown()

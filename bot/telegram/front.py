@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -50,68 +48,106 @@ COMMANDS: dict[str, list[tuple[str, str]]] = {
 
 
 class TelegramFront:
-    """Hands Telegram updates to the conversation service."""
+    """Hands Telegram updates to the conversation service.
+
+    `dispatch` starts one task per update, chained per chat so that her updates are handled
+    one at a time and in order, and keeps every task until it is done: `drain` waits for
+    them, so a stop never drops an update that Telegram already handed over.
+    """
 
     def __init__(self, service: ConversationService, *, protect_content: bool = True) -> None:
         self.service = service
         self.protect_content = protect_content
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
-        self.in_hand = 0
+        self._last: dict[int, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    @asynccontextmanager
-    async def _chat_lock(self, chat_id: int) -> AsyncIterator[None]:
-        lock, users = self._locks.get(chat_id, (asyncio.Lock(), 0))
-        self._locks[chat_id] = (lock, users + 1)
+    @property
+    def in_hand(self) -> int:
+        """Updates taken but not yet finished."""
+        return len(self._tasks)
+
+    def dispatch(self, update: Update, *, answer_outage: bool = True) -> asyncio.Task[None]:
+        """Start handling `update` after the chat's previous update; returns its task.
+
+        With `answer_outage` (polling) a database outage gets a kind direct reply and no error
+        leaves the task; without it (webhook) the caller awaits the task and answers 503.
+        """
+        chat = update.effective_chat
+        key = chat.id if chat is not None else None
+        previous = self._last.get(key) if key is not None else None
+        task = asyncio.create_task(self._handle(update, previous, answer_outage))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if key is not None:
+            self._last[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        return task
+
+    def _forget(self, key: int, done: asyncio.Task[None]) -> None:
+        if self._last.get(key) is done:
+            del self._last[key]
+
+    async def drain(self) -> None:
+        """Wait until every update taken so far is handled."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(
+        self, update: Update, previous: asyncio.Task[None] | None, answer_outage: bool
+    ) -> None:
+        await self._answer_button(update)  # at once, even while her previous update runs
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own
+        if not answer_outage:
+            await self._process(update)
+            return
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[chat_id]
-            if users <= 1:
-                del self._locks[chat_id]
-            else:
-                self._locks[chat_id] = (lock, users - 1)
+            await self._process(update)
+        except DATABASE_DOWN as exc:
+            log.error(
+                "telegram.database_down update=%s error=%s", update.update_id, type(exc).__name__
+            )
+            await self._sorry(update)
+        except Exception as exc:  # logged by class only: the update may carry her words
+            log.error("telegram.failed update=%s error=%s", update.update_id, type(exc).__name__)
 
-    async def process(self, update: Update) -> None:
-        """Handle one update. Raises only when the database is down (webhook: answer 503)."""
-        if update.callback_query is not None:
-            try:
-                await update.callback_query.answer()
-            except TelegramError as exc:
-                log.warning("telegram.callback_answer_failed error=%s", type(exc).__name__)
+    async def _answer_button(self, update: Update) -> None:
+        if update.callback_query is None:
+            return
+        try:
+            await update.callback_query.answer()
+        except TelegramError as exc:
+            log.warning("telegram.callback_answer_failed error=%s", type(exc).__name__)
+
+    async def _process(self, update: Update) -> None:
         inbound = to_inbound(update)
         if inbound is None:
             return
-        self.in_hand += 1
-        try:
-            async with self._chat_lock(inbound.chat_id):
-                handled = await self.service.handle(inbound)
-        finally:
-            self.in_hand -= 1
+        handled = await self.service.handle(inbound)
         if handled.direct is not None:
             await update.get_bot().send_message(
                 inbound.chat_id, handled.direct, protect_content=self.protect_content
             )
 
-    async def on_update(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """The PTB handler (polling mode): a database outage gets a kind direct reply."""
-        if not isinstance(update, Update):
+    async def _sorry(self, update: Update) -> None:
+        chat = update.effective_chat
+        user = update.effective_user
+        lang = (user.language_code or "")[:2] if user else ""
+        if chat is None:
             return
         try:
-            await self.process(update)
-        except DATABASE_DOWN as exc:
-            log.error(
-                "telegram.database_down update=%s error=%s", update.update_id, type(exc).__name__
+            await update.get_bot().send_message(
+                chat.id,
+                text_for("sorry_plain", lang if lang in ("nl", "en") else "nl"),
+                protect_content=self.protect_content,
             )
-            chat = update.effective_chat
-            user = update.effective_user
-            lang = (user.language_code or "")[:2] if user else ""
-            if chat is not None:
-                await context.bot.send_message(
-                    chat.id,
-                    text_for("sorry_plain", lang if lang in ("nl", "en") else "nl"),
-                    protect_content=self.protect_content,
-                )
+        except TelegramError as exc:
+            log.warning("telegram.sorry_failed error=%s", type(exc).__name__)
+
+    async def on_update(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The PTB handler (polling mode): hands the update on and returns at once."""
+        if isinstance(update, Update):
+            self.dispatch(update)
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """PTB's error handler: log ids and the error class, never text."""
@@ -129,8 +165,13 @@ def build_application(
     base_file_url: str | None = None,
     **builder_options: Any,
 ) -> Application[Any, Any, Any, Any, Any, Any]:
-    """The PTB Application: concurrent updates (ordered per chat by the front), one handler."""
-    builder = ApplicationBuilder().token(token).concurrent_updates(True)
+    """The PTB Application with one handler that hands each update to the front.
+
+    PTB itself runs updates one after another: the handler only starts the front's task,
+    which runs chats side by side and keeps each chat in order. So when `Application.stop`
+    returns, every update fetched is in the front's hands and `front.drain()` finishes it.
+    """
+    builder = ApplicationBuilder().token(token).concurrent_updates(False)
     builder = builder.base_url(base_url or settings.telegram.base_url)
     if base_file_url:
         builder = builder.base_file_url(base_file_url)

@@ -54,7 +54,7 @@ class _UpdateHandler(_Base):
             return
         self.server.in_flight += 1
         try:
-            await self.server.front.process(update)
+            await self.server.front.dispatch(update, answer_outage=False)
         except DATABASE_DOWN as exc:
             log.error(
                 "webhook.database_down update=%s error=%s", update.update_id, type(exc).__name__

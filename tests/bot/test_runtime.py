@@ -12,12 +12,12 @@ import pytest
 from pydantic import SecretStr
 from telegram import Bot
 
-from bot.bootstrap import database_health
+from bot.bootstrap import database_health, serve_telegram
 from bot.telegram.webhook import SECRET_HEADER, WebhookServer
 from care.db import make_engine
 from care.errors import DatabaseUnavailable
 from care.settings import WebhookSettings
-from tests.bot.harness import CLIENT_CHAT, TelegramWorld
+from tests.bot.harness import CLIENT_CHAT, FAST_SENDER, TelegramWorld
 from tests.fakes.telegram_api import FakeTelegram
 
 
@@ -139,4 +139,70 @@ async def test_stop_finishes_the_update_in_hand_and_flushes_the_outbox(
     tg.stop.set()  # as SIGTERM does
     await asyncio.wait_for(tg.task, 30)
     assert len(tg.fake.sent(CLIENT_CHAT)) > before, "the reply went out before the bot exited"
+    assert tg.world.pending(mark=False) == []
+
+
+async def test_an_update_fetched_as_the_bot_stops_is_answered_after_the_restart(
+    telegram_bot: TelegramWorld,
+) -> None:
+    tg = telegram_bot
+    await tg.enroll()
+    # The poll waiting now was asked before the fault: "hallo" ends it, and the next poll
+    # hands "hoi" over with its answer late, so the bot stops before the answer arrives.
+    tg.fake.delay_next("getUpdates", 3.0, after=True)
+    await tg.exchange(lambda: tg.fake.push_text(CLIENT_CHAT, "hallo"))
+    await tg.settle()
+    before = len(tg.fake.sent(CLIENT_CHAT))
+    update_id = tg.fake.push_text(CLIENT_CHAT, "hoi")
+    await tg.until(lambda: tg.fake.delivered_at(update_id) is not None)
+    tg.stop.set()
+    await asyncio.wait_for(tg.task, 30)
+    assert not tg.fake.confirmed(update_id), "never confirmed, so Telegram keeps it"
+    assert len(tg.fake.sent(CLIENT_CHAT)) == before
+
+    stop = asyncio.Event()
+    again = asyncio.create_task(
+        serve_telegram(
+            tg.parts,
+            stop,
+            token=tg.fake.token,
+            base_url=tg.fake.base_url,
+            sender_options=FAST_SENDER,
+        )
+    )
+    try:
+        await tg.bot_says(before + 1)
+        await tg.settle()
+        assert tg.fake.confirmed(update_id)
+        replies = tg.fake.sent(CLIENT_CHAT)[before:]
+        assert len(replies) == 1, "answered once after the restart"
+    finally:
+        stop.set()
+        await asyncio.wait_for(again, 30)
+
+
+async def test_a_chats_updates_are_handled_in_order_and_drain_waits_for_all(
+    telegram_bot: TelegramWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tg = telegram_bot
+    await tg.enroll()
+    service = tg.parts.service
+    real = service.handle
+    seen: list[str] = []
+
+    async def slow_first(inbound: Any) -> Any:
+        seen.append(inbound.text or "")
+        if inbound.text == "een":
+            await asyncio.sleep(0.4)  # the next two arrive while this one runs
+        return await real(inbound)
+
+    monkeypatch.setattr(service, "handle", slow_first)
+    before = len(tg.fake.sent(CLIENT_CHAT))
+    for text in ("een", "twee", "drie"):
+        tg.fake.push_text(CLIENT_CHAT, text)
+    await tg.until(lambda: tg.fake.pending_updates() == 0)
+    tg.stop.set()  # at once: the three are in the front's hands, not yet answered
+    await asyncio.wait_for(tg.task, 30)
+    assert seen == ["een", "twee", "drie"]
+    assert len(tg.fake.sent(CLIENT_CHAT)) >= before + 3, "each got its answer before the exit"
     assert tg.world.pending(mark=False) == []

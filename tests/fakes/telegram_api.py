@@ -938,6 +938,14 @@ class FakeTelegram:
         with self._lock:
             return self._delivered_at.get(update_id)
 
+    def confirmed(self, update_id: int) -> bool:
+        """True once the bot took the update for good: polling confirmed it with a later
+        offset (an update only delivered is fetched again if the bot stops first)."""
+        with self._lock:
+            return self._delivered_at.get(update_id) is not None and all(
+                e.update_id != update_id for e in self._pending
+            )
+
     def add_file(self, data: bytes, file_path: str = "documents/file.bin") -> str:
         """Store a file the bot can fetch with ``getFile`` and download; returns its file_id."""
         with self._lock:
@@ -1288,7 +1296,8 @@ class FakeTelegram:
         self._poll_generation += 1
         generation = self._poll_generation
         self._updates_cv.notify_all()  # an older long poll ends with 409
-        self._confirm(p.get("offset"))
+        if self._confirm(p.get("offset")):
+            self._notify()
         deadline = time.monotonic() + timeout
         while True:
             batch = self._take(limit)
@@ -1303,15 +1312,20 @@ class FakeTelegram:
         now = time.perf_counter()
         for update in batch:
             self._delivered_at.setdefault(int(update["update_id"]), now)
+        if batch:
+            self._notify()  # a wait on delivered_at / confirmed wakes now
         return batch
 
-    def _confirm(self, offset: Any) -> None:
+    def _confirm(self, offset: Any) -> bool:
+        """Drop the updates the offset confirms; True when it confirmed any."""
         if not isinstance(offset, int) or offset == 0:
-            return
+            return False
+        before = len(self._pending)
         if offset < 0:
             self._pending = self._pending[offset:]
-            return
-        self._pending = [e for e in self._pending if e.update_id >= offset or e.exempt]
+        else:
+            self._pending = [e for e in self._pending if e.update_id >= offset or e.exempt]
+        return len(self._pending) != before
 
     def _take(self, limit: int) -> list[JSON]:
         allowed = self._allowed_updates
