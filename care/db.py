@@ -1,11 +1,14 @@
 """The database: engine with safe SQLite settings, sessions, and the schema check.
 
-SQLite runs with WAL, synchronous=FULL and foreign keys on; PostgreSQL through psycopg 3.
-`check_schema()` refuses to run on a database that is not at the newest migration.
+SQLite runs with WAL, synchronous=FULL and foreign keys on, and the transactions of one
+process take turns (`SqliteTurns`); PostgreSQL through psycopg 3. `check_schema()` refuses to
+run on a database that is not at the newest migration.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,49 @@ from sqlalchemy.orm import Session, sessionmaker
 from care.errors import DatabaseUnavailable, SchemaOutdated
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_POOL_SIZE = 20
+"""Connections kept open to a SQLite file: more than the threads that use them, so that none
+is closed and reopened (each opening runs the pragmas again)."""
+
+log = logging.getLogger(__name__)
+
+
+class SqliteTurns:
+    """The transactions of this process take turns on a SQLite file.
+
+    SQLite lets one transaction write at a time. A second writer waits in SQLite's busy
+    handler, which sleeps in growing steps (up to 100 ms each) and checks again, so under
+    load a turn of a few milliseconds could wait a hundred. Here a transaction waits for its
+    turn on a lock instead, from BEGIN until its connection goes back to the pool, and starts
+    the moment the previous one ends. A transaction opened inside another in the same thread
+    goes ahead (waiting would wait for itself); other processes (an admin command, a second
+    `aftercare run`) still meet SQLite's busy timeout. If a turn is not free within
+    `patience` seconds the transaction goes ahead without it and a warning is logged.
+    """
+
+    KEY = "aftercare.sqlite_turn"
+
+    def __init__(self, patience: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self.patience = patience
+
+    def take(self, info: dict[Any, Any]) -> None:
+        """At BEGIN: wait for the turn (once per connection checkout)."""
+        if info.get(self.KEY) or self._owner == threading.get_ident():
+            return
+        if not self._lock.acquire(timeout=self.patience):
+            log.warning("db.sqlite_turn_not_free waited=%ss", self.patience)
+            return
+        self._owner = threading.get_ident()
+        info[self.KEY] = True
+
+    def give_back(self, info: dict[Any, Any]) -> None:
+        """When the connection goes back to the pool: the next transaction may start."""
+        if info.pop(self.KEY, False):
+            self._owner = None
+            self._lock.release()
+
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -53,8 +99,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        turns = SqliteTurns()
+        event.listen(engine, "begin", lambda connection: turns.take(connection.info))
+        event.listen(engine.pool, "checkin", lambda _dbapi, record: turns.give_back(record.info))
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -197,10 +198,19 @@ def _check_active_set(session: Session, *, replacing: FlowVersion) -> None:
 class FlowStore:
     """The flows the conversation service runs: published versions from the database (cached;
     they never change), or the working copy in `dialogues/content/` for a flow that has never
-    been published. Implements `dialogues.FlowSource`."""
+    been published. Implements `dialogues.FlowSource`.
+
+    Which version of each flow is active is read in one query and reused for
+    `refresh_seconds` (a turn asks several times), so a publish or rollback by an editor
+    reaches new conversations within that time; 0 reads it every time.
+    """
 
     def __init__(
-        self, sessions: sessionmaker[Session], *, working_copy: Path = CONTENT_DIR
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        working_copy: Path = CONTENT_DIR,
+        refresh_seconds: float = 1.0,
     ) -> None:
         self._sessions = sessions
         self._working_dir = working_copy
@@ -209,6 +219,9 @@ class FlowStore:
         self._triggers: dict[int, TriggersSpec] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._refresh_seconds = refresh_seconds
+        self._active: dict[str, int] = {}
+        self._active_read_at: float | None = None
 
     def active(self, flow_id: str) -> Flow:
         """The active version of `flow_id` (the working copy if none was ever published)."""
@@ -259,12 +272,19 @@ class FlowStore:
         return spec
 
     def _active_number(self, flow_id: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            read_at = self._active_read_at
+            if read_at is not None and now - read_at < self._refresh_seconds:
+                return self._active.get(flow_id)
         with self._sessions() as session:
-            return session.scalar(
-                select(FlowVersion.number).where(
-                    FlowVersion.flow == flow_id, FlowVersion.is_active.is_(True)
-                )
-            )
+            rows = session.execute(
+                select(FlowVersion.flow, FlowVersion.number).where(FlowVersion.is_active.is_(True))
+            ).all()
+        active = {flow: number for flow, number in rows}
+        with self._lock:
+            self._active, self._active_read_at = active, now
+        return active.get(flow_id)
 
     def _row(self, flow_id: str, number: int) -> FlowVersion:
         with self._sessions() as session:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,4 +45,66 @@ def test_malformed_url_is_explained() -> None:
 def test_migrated_database_passes(care_ctx: object, database_url: str) -> None:
     engine = make_engine(database_url)
     check_schema(engine)
+    engine.dispose()
+
+
+def test_sqlite_transactions_of_one_process_take_turns(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    first_in = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+            first_in.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    def second() -> None:
+        first_in.wait(5)
+        with engine.begin() as connection:  # waits for its turn, not in SQLite's busy sleep
+            order.append("second in")
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first done", "second in"]
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2
+    engine.dispose()
+
+
+def test_sqlite_many_writers_at_once_all_land(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'many.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+
+    def write(n: int) -> None:
+        with engine.connect() as connection:  # read first, then write: the risky shape
+            connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
+            connection.exec_driver_sql(f"INSERT INTO t VALUES ({n})")
+            connection.commit()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(write, range(200)))
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 200
+    engine.dispose()
+
+
+def test_a_transaction_inside_another_in_the_same_thread_does_not_wait_for_itself(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nested.db'}")
+    with engine.begin() as outer:
+        outer.exec_driver_sql("SELECT 1").scalar()
+        with engine.connect() as inner:  # read-only, beside the outer one
+            assert inner.exec_driver_sql("SELECT 2").scalar() == 2
+    with engine.begin() as again:  # and the turn was given back
+        assert again.exec_driver_sql("SELECT 3").scalar() == 3
     engine.dispose()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from care import flow_versions
 from care.context import Care
 from care.errors import NotFound
 from care.flow_versions import (
@@ -117,7 +118,7 @@ def test_rollback_serves_new_conversations_while_running_ones_stay(
     _edit(content, "checkin", "Fijn om te horen!", "Wat fijn!")
     with care_ctx.sessions.begin() as session:
         publish(session, content, "editor1")
-    store = FlowStore(care_ctx.sessions, working_copy=content)
+    store = FlowStore(care_ctx.sessions, working_copy=content, refresh_seconds=0)
 
     running = start(store.active("checkin"), CONTEXT, "nl", flows=store)
     assert running.session.version == 2
@@ -161,7 +162,7 @@ def test_unknown_version_cannot_be_rolled_back_to(db_session: Session, content: 
 def test_store_uses_the_working_copy_until_something_is_published(
     care_ctx: Care, content: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FlowStore(care_ctx.sessions, working_copy=content)
+    store = FlowStore(care_ctx.sessions, working_copy=content, refresh_seconds=0)
     with caplog.at_level(logging.INFO, logger="care.flow_versions"):
         flow = store.active("checkin")
         store.active("checkin")
@@ -177,6 +178,24 @@ def test_store_uses_the_working_copy_until_something_is_published(
         publish(session, content, "editor1")
     assert store.active("checkin").version == 1
     assert store.get("checkin", 1) is store.get("checkin", 1)
+
+
+def test_store_sees_a_publish_after_its_refresh_time(
+    care_ctx: Care, content: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(flow_versions.time, "monotonic", lambda: now[0])
+    with care_ctx.sessions.begin() as session:
+        publish(session, content, "editor1")
+    store = FlowStore(care_ctx.sessions, working_copy=content, refresh_seconds=1.0)
+    assert store.active("checkin").version == 1
+    _edit(content, "checkin", "Fijn om te horen!", "Wat fijn!")
+    with care_ctx.sessions.begin() as session:
+        publish(session, content, "editor1")
+    now[0] += 0.9
+    assert store.active("checkin").version == 1, "read once per refresh time"
+    now[0] += 0.2
+    assert store.active("checkin").version == 2
 
 
 def _choose(step: Step, button: str) -> ChoiceInput:
