@@ -69,7 +69,6 @@ class SqliteTurns:
             self._lock.release()
 
 
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
