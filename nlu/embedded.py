@@ -1,27 +1,34 @@
-"""The embedded backend: a scikit-learn text classifier trained in-process from nlu/data.
+"""The embedded backend: a small text classifier trained in-process from nlu/data.
 
 Features are TF-IDF weighted word uni/bigrams (emoji and punctuation count as words) and
 character n-grams within word boundaries (2-5), which carry chat spelling and typos; a
 multinomial logistic regression gives calibrated-enough probabilities. One model per language,
 cached on disk by a digest of the training files, the feature code version and scikit-learn's
 version, so a second start loads in milliseconds instead of training.
+
+Training uses scikit-learn (`nlu.training`, imported only when a model has to be trained).
+Scoring needs numpy alone: the analyzers below are our own and produce exactly the features
+scikit-learn's vectorizers produce, and the cache holds plain arrays (an .npz, no pickles). So
+the running bot never loads scikit-learn, scipy or joblib (about 80 MB and 1.4 s at start).
+Tests check that the analyzers and the probabilities agree with scikit-learn.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline
+import numpy.typing as npt
 
 from nlu.data import DATA_DIR, TrainingData, load_training_data
 from nlu.errors import UnknownLanguageError
@@ -31,10 +38,17 @@ from nlu.text import clean, skeleton
 logger = logging.getLogger(__name__)
 
 #: Bump when features or model change, so cached models from older code are not loaded.
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 #: A chat message says what it means early on; 10,000 characters need not all be read.
 MAX_CHARS = 1_000
+#: Words are runs of letters and digits; every other non-space character is a word of its own.
 _WORDS_AND_SYMBOLS = r"(?u)[^\W_]+|[^\w\s]"
+WORD_NGRAMS = (1, 2)
+CHAR_NGRAMS = (2, 5)
+_TOKENS = re.compile(_WORDS_AND_SYMBOLS)
+_WHITESPACE_RUNS = re.compile(r"\s\s+")
+
+Floats = npt.NDArray[np.float64]
 
 
 def prepare(text: str) -> str:
@@ -42,59 +56,100 @@ def prepare(text: str) -> str:
     return skeleton(clean(text[:MAX_CHARS]))
 
 
-def _pipeline() -> Pipeline:
-    features = FeatureUnion(
-        [
-            (
-                "words",
-                TfidfVectorizer(
-                    preprocessor=prepare,
-                    token_pattern=_WORDS_AND_SYMBOLS,
-                    ngram_range=(1, 2),
-                    sublinear_tf=True,
-                ),
-            ),
-            (
-                "chars",
-                TfidfVectorizer(
-                    preprocessor=prepare,
-                    analyzer="char_wb",
-                    ngram_range=(2, 5),
-                    sublinear_tf=True,
-                ),
-            ),
-        ]
-    )
-    model = LogisticRegression(C=20.0, max_iter=3000)
-    return Pipeline([("features", features), ("model", model)])
+def word_ngrams(prepared: str) -> list[str]:
+    """The word n-grams of prepared text: its tokens, then each pair of neighbours joined by a
+    space (scikit-learn's "word" analyzer with our token pattern and ngram_range (1, 2))."""
+    tokens: list[str] = _TOKENS.findall(prepared)
+    low, high = WORD_NGRAMS
+    return [
+        " ".join(tokens[start : start + n])
+        for n in range(low, high + 1)
+        for start in range(len(tokens) - n + 1)
+    ]
+
+
+def char_wb_ngrams(prepared: str) -> list[str]:
+    """The character n-grams (2-5) inside each word padded with one space on either side
+    (scikit-learn's "char_wb" analyzer). A padded word no longer than n counts once, whole,
+    and then yields no longer n-grams."""
+    low, high = CHAR_NGRAMS
+    grams: list[str] = []
+    for word in _WHITESPACE_RUNS.sub(" ", prepared).split():
+        padded = f" {word} "
+        size = len(padded)
+        for n in range(low, high + 1):
+            if n >= size:
+                grams.append(padded)
+                break
+            grams.extend(padded[start : start + n] for start in range(size - n + 1))
+    return grams
+
+
+#: The analyzer of each feature block, by the block's name (the names `nlu.training` uses).
+ANALYZERS: dict[str, Callable[[str], list[str]]] = {
+    "words": word_ngrams,
+    "chars": char_wb_ngrams,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBlock:
+    """One TF-IDF block of the features: its analyzer's name (a key of `ANALYZERS`), the
+    vocabulary (feature -> column within the block) and the idf of each column."""
+
+    analyzer: str
+    vocabulary: Mapping[str, int]
+    idf: Floats
 
 
 class IntentClassifier:
-    """A trained classifier for one language; `rank` gives every intent with its probability."""
+    """A trained classifier for one language; `rank` gives every intent with its probability.
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self._labels: tuple[str, ...] = tuple(str(c) for c in pipeline.classes_)
-        self._features: Any = pipeline.named_steps["features"]
-        self._model: Any = pipeline.named_steps["model"]
-        # The fast path for one message: scikit-learn's transform and predict_proba spend most
-        # of a millisecond on validation and sparse-matrix bookkeeping for a single row, so
-        # the same arithmetic is done here on plain dicts (a test checks both agree).
-        self._blocks: list[tuple[Any, dict[str, int], Any, int]] = []
+    It holds plain numbers: per feature block a vocabulary and idf weights, then the logistic
+    regression's weights (features x intents) and intercept. `nlu.training` builds one from a
+    fitted scikit-learn pipeline; `load` reads one from the cache. Both score identically.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        blocks: Sequence[FeatureBlock],
+        weights: npt.ArrayLike,
+        intercept: npt.ArrayLike,
+    ) -> None:
+        self._labels = tuple(str(label) for label in labels)
+        if not self._labels or len(set(self._labels)) != len(self._labels):
+            raise ValueError("The intents must be given, each once.")
+        self._spec = tuple(blocks)
+        self._blocks: list[tuple[Callable[[str], list[str]], dict[str, int], Floats, int]] = []
         offset = 0
-        for _name, vectorizer in self._features.transformer_list:
-            vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
-            self._blocks.append((vectorizer.build_analyzer(), vocabulary, vectorizer.idf_, offset))
+        for block in self._spec:
+            analyzer = ANALYZERS.get(block.analyzer)
+            vocabulary = {str(feature): int(column) for feature, column in block.vocabulary.items()}
+            idf = np.asarray(block.idf, dtype=np.float64)
+            if analyzer is None:
+                raise ValueError(f"Unknown analyzer {block.analyzer!r}.")
+            if set(vocabulary.values()) != set(range(len(vocabulary))):
+                raise ValueError("A vocabulary must number its columns 0, 1, 2, ...")
+            if idf.shape != (len(vocabulary),) or not np.isfinite(idf).all():
+                raise ValueError("Every column needs one finite idf weight.")
+            self._blocks.append((analyzer, vocabulary, idf, offset))
             offset += len(vocabulary)
-        self._weights = np.ascontiguousarray(np.asarray(self._model.coef_).T)
-        self._intercept = np.asarray(self._model.intercept_)
+        self._weights: Floats = np.ascontiguousarray(weights, dtype=np.float64)
+        self._intercept: Floats = np.asarray(intercept, dtype=np.float64)
+        if self._weights.shape != (offset, len(self._labels)) or self._intercept.shape != (
+            len(self._labels),
+        ):
+            raise ValueError("The weights do not fit the features and intents.")
+        if not (np.isfinite(self._weights).all() and np.isfinite(self._intercept).all()):
+            raise ValueError("The weights must be finite.")
 
     @classmethod
     def train(cls, texts: Sequence[str], labels: Sequence[str]) -> IntentClassifier:
-        """Fit a fresh classifier on the given examples."""
-        pipeline = _pipeline()
-        pipeline.fit(list(texts), list(labels))
-        return cls(pipeline)
+        """Fit a fresh classifier on the given examples (this imports scikit-learn)."""
+        from nlu.training import train
+
+        return train(texts, labels)
 
     @property
     def intents(self) -> tuple[str, ...]:
@@ -103,16 +158,18 @@ class IntentClassifier:
 
     def rank(self, text: str) -> tuple[IntentScore, ...]:
         """Every intent with its probability, the most likely first."""
+        prepared = prepare(text)
         indices: list[int] = []
         values: list[float] = []
         for analyzer, vocabulary, idf, offset in self._blocks:
             counts: dict[int, int] = {}
-            for feature in analyzer(text):
+            for feature in analyzer(prepared):
                 column = vocabulary.get(feature)
                 if column is not None:
                     counts[column] = counts.get(column, 0) + 1
             if not counts:
                 continue
+            # sublinear tf (1 + log count) times idf, then each block scaled to unit length
             columns = np.fromiter(counts, dtype=np.intp, count=len(counts))
             weights = (1.0 + np.log(np.fromiter(counts.values(), dtype=float))) * idf[columns]
             weights /= np.sqrt(np.dot(weights, weights))
@@ -127,13 +184,55 @@ class IntentClassifier:
         return tuple(IntentScore(self._labels[i], float(scores[i])) for i in order)
 
     def rank_many(self, texts: Sequence[str]) -> list[tuple[IntentScore, ...]]:
-        """`rank` for many texts at once (faster for evaluation)."""
-        probabilities = self._model.predict_proba(self._features.transform(list(texts)))
-        ranked: list[tuple[IntentScore, ...]] = []
-        for row in np.asarray(probabilities):
-            order = np.argsort(-row)
-            ranked.append(tuple(IntentScore(self._labels[i], float(row[i])) for i in order))
-        return ranked
+        """`rank` for each text (for evaluation)."""
+        return [self.rank(text) for text in texts]
+
+    def save(self, path: Path) -> None:
+        """Write the classifier to `path` (an .npz without pickles), atomically."""
+        meta = {
+            "labels": list(self._labels),
+            "blocks": [
+                {
+                    "analyzer": block.analyzer,
+                    "features": sorted(block.vocabulary, key=block.vocabulary.__getitem__),
+                }
+                for block in self._spec
+            ],
+        }
+        arrays: dict[str, Any] = {
+            "meta": np.frombuffer(json.dumps(meta).encode("ascii"), dtype=np.uint8),
+            "weights": self._weights,
+            "intercept": self._intercept,
+        }
+        for number, (_analyzer, _vocabulary, idf, _offset) in enumerate(self._blocks):
+            arrays[f"idf_{number}"] = idf
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, allow_pickle=False, **arrays)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> IntentClassifier:
+        """Read a classifier written by `save`; a damaged file raises an exception."""
+        # The file is opened here: given a path, numpy leaves it open when the zip is damaged.
+        with path.open("rb") as file, np.load(file, allow_pickle=False) as archive:
+            meta = json.loads(bytes(archive["meta"]).decode("ascii"))
+            blocks = []
+            for number, block in enumerate(meta["blocks"]):
+                features = [str(feature) for feature in block["features"]]
+                vocabulary = {feature: column for column, feature in enumerate(features)}
+                if len(vocabulary) != len(features):
+                    raise ValueError("A feature is listed twice.")
+                blocks.append(
+                    FeatureBlock(str(block["analyzer"]), vocabulary, archive[f"idf_{number}"])
+                )
+            return cls(meta["labels"], blocks, archive["weights"], archive["intercept"])
 
 
 def decide(ranking: tuple[IntentScore, ...], threshold: float) -> NluResult:
@@ -152,7 +251,7 @@ def has_words(text: str) -> bool:
 
 
 class EmbeddedBackend:
-    """The default backend: one scikit-learn classifier per language, no network."""
+    """The default backend: one classifier per language, no network."""
 
     name = "embedded"
 
@@ -198,10 +297,18 @@ class EmbeddedBackend:
         """Nothing to close."""
 
 
+@cache
+def _sklearn_version() -> str:
+    """scikit-learn's installed version, read from its metadata (importing it costs 80 MB)."""
+    from importlib.metadata import version
+
+    return version("scikit-learn")
+
+
 def cache_path(data: TrainingData, cache_dir: Path) -> Path:
     """Where the classifier for this exact training data and code version is cached."""
-    name = f"embedded-{data.lang}-{data.digest[:16]}-v{MODEL_VERSION}-sk{sklearn.__version__}"
-    return cache_dir / f"{name}.joblib"
+    name = f"embedded-{data.lang}-{data.digest[:16]}-v{MODEL_VERSION}-sk{_sklearn_version()}"
+    return cache_dir / f"{name}.npz"
 
 
 def load_or_train(data: TrainingData, cache_dir: Path) -> IntentClassifier:
@@ -209,16 +316,12 @@ def load_or_train(data: TrainingData, cache_dir: Path) -> IntentClassifier:
     path = cache_path(data, cache_dir)
     if path.is_file():
         try:
-            return IntentClassifier(joblib.load(path))
+            return IntentClassifier.load(path)
         except Exception:  # a damaged or foreign cache file: train again
             logger.warning("nlu.embedded_cache_unreadable", extra={"lang": data.lang})
     classifier = IntentClassifier.train(data.texts, data.labels)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        os.close(handle)
-        joblib.dump(classifier._pipeline, temporary)
-        os.replace(temporary, path)
+        classifier.save(path)
     except OSError:
         logger.warning("nlu.embedded_cache_not_written", extra={"lang": data.lang})
     logger.info("nlu.embedded_trained", extra={"lang": data.lang, "examples": len(data.examples)})
