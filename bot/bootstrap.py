@@ -96,9 +96,11 @@ def build(
 def make_sender(
     parts: Parts, channel: Channel, options: SenderOptions | None = None, care: Care | None = None
 ) -> OutboxSender:
-    """The outbox sender for a channel, woken by the service after every commit."""
+    """The outbox sender for a channel: a turn hands it its replies, claimed in the turn's
+    transaction; anything else written wakes it."""
     sender = OutboxSender(care or parts.care, channel, parts.clock, options)
     parts.service.set_wake(sender.wake)
+    parts.service.set_handoff(sender)
     return sender
 
 

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select, update
@@ -71,6 +71,7 @@ from dialogues import (
 from dialogues import Session as DialogueState
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 InboundKind = Literal["text", "choice", "command", "unsupported"]
 _Who = Literal["client", "worker", "nobody"]
@@ -278,6 +279,7 @@ class ConversationService:
         self.clock: Clock = clock or SystemClock()
         self.desk = desk or WorkerDesk(care)
         self._wake = wake
+        self._handoff: outbox.Handoff | None = None
 
     @property
     def settings(self) -> Settings:
@@ -287,6 +289,11 @@ class ConversationService:
     def set_wake(self, wake: Callable[[], None] | None) -> None:
         """Tell the service what wakes the outbox sender after a commit."""
         self._wake = wake
+
+    def set_handoff(self, handoff: outbox.Handoff | None) -> None:
+        """Hand the replies of a turn straight to this process's sender (`OutboxSender`):
+        claimed in the turn's transaction, they need no claim of their own."""
+        self._handoff = handoff
 
     def wake(self) -> None:
         """Wake the outbox sender (a reply must go out at once)."""
@@ -311,6 +318,8 @@ class ConversationService:
                 reason="too_long",
                 language=inbound.language,
             )
+        if inbound.kind != "text":
+            return await self._handle_plain(inbound)
         who = await asyncio.to_thread(self._who, inbound)
         if who is None:
             return Handled(duplicate=True)
@@ -321,7 +330,9 @@ class ConversationService:
         if kind == "client" and inbound.kind == "text" and not duress:
             understanding = await self.nlu.understand(inbound.text, lang)
         try:
-            await asyncio.to_thread(self._turn, inbound, kind, person_id, understanding, duress)
+            left = await asyncio.to_thread(
+                self._turn, inbound, kind, person_id, understanding, duress
+            )
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
@@ -334,8 +345,50 @@ class ConversationService:
             direct = await asyncio.to_thread(self._apologise, inbound)
             self.wake()
             return Handled(direct=direct, who=kind)
-        self.wake()
+        if left:
+            self.wake()
         return Handled(who=kind)
+
+    async def _handle_plain(self, inbound: Inbound) -> Handled:
+        """A button, a command or an unsupported kind needs no NLU: the first look and the turn
+        share one transaction."""
+        try:
+            looked = await asyncio.to_thread(self._look_and_turn, inbound)
+        except _Duplicate:
+            return Handled(duplicate=True)
+        except Exception as exc:
+            log.error(
+                "turn.failed update=%s error=%s at=%s",
+                inbound.update_id,
+                type(exc).__name__,
+                _where(exc),
+            )
+            direct = await asyncio.to_thread(self._apologise, inbound)
+            self.wake()
+            return Handled(direct=direct)
+        if looked is None:
+            return await asyncio.to_thread(self._stranger, inbound)
+        kind, left = looked
+        if left:
+            self.wake()
+        return Handled(who=kind)
+
+    def _look_and_turn(self, inbound: Inbound) -> tuple[_Who, bool] | None:
+        """`_who` and `_turn` in one transaction; None for a chat nobody is linked to (then
+        nothing was written)."""
+
+        def work(session: Session) -> _Who | None:
+            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+            if linked.worker is not None:
+                self._turn_in(session, inbound, "worker", linked.worker.id, None, False)
+                return "worker"
+            if linked.client is not None:
+                self._turn_in(session, inbound, "client", linked.client.id, None, False)
+                return "client"
+            return None
+
+        kind, left = self._transact(work)
+        return None if kind is None else (kind, left)
 
     def _who(self, inbound: Inbound) -> tuple[_Who, int, str, bool] | None:
         """Read-only first look: (who, their id, language, duress?); None for a duplicate."""
@@ -422,29 +475,57 @@ class ConversationService:
 
     def _turn(
         self, inbound: Inbound, kind: _Who, person_id: int, understanding: Any, duress: bool
+    ) -> bool:
+        """One turn in one transaction; True when it wrote messages the sender must look for
+        (those it did not take over)."""
+        _, left = self._transact(
+            lambda session: self._turn_in(session, inbound, kind, person_id, understanding, duress)
+        )
+        return left
+
+    def _transact(self, work: Callable[[Session], _T]) -> tuple[_T, bool]:
+        """Run `work` in one transaction and hand the messages it wrote to the sender of this
+        process (claimed before the commit, queued after it). Returns what `work` returned and
+        whether messages were left for the sender to find (it must then be woken)."""
+        handoff = self._handoff
+        with outbox.collecting() as written:
+            with self.care.sessions.begin() as session:
+                result = work(session)
+                taken = handoff.take(session, written) if handoff and written else ()
+            if taken and handoff is not None:
+                handoff.adopt(taken)
+            return result, len(taken) < len(written)
+
+    def _turn_in(
+        self,
+        session: Session,
+        inbound: Inbound,
+        kind: _Who,
+        person_id: int,
+        understanding: Any,
+        duress: bool,
     ) -> None:
-        with self.care.sessions.begin() as session:
-            self._mark_processed(session, inbound)
-            now = self.clock.now()
-            index = directory.chat_index(self.care.keyring, inbound.chat_id)
-            worker = session.get(Worker, person_id) if kind == "worker" else None
-            if worker is not None and worker.chat_index == index:
-                self._worker_turn(session, worker, inbound, now)
+        self._mark_processed(session, inbound)
+        now = self.clock.now()
+        index = directory.chat_index(self.care.keyring, inbound.chat_id)
+        worker = session.get(Worker, person_id) if kind == "worker" else None
+        if worker is not None and worker.chat_index == index:
+            self._worker_turn(session, worker, inbound, now)
+            return
+        client = None
+        if kind == "client":
+            client = session.get(Client, person_id, with_for_update=True)
+        if client is None or client.chat_index != index:
+            # Linked or unlinked since the first look: ask the index again.
+            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+            if linked.worker is not None:
+                self._worker_turn(session, linked.worker, inbound, now)
                 return
-            client = None
-            if kind == "client":
-                client = session.get(Client, person_id, with_for_update=True)
-            if client is None or client.chat_index != index:
-                # Linked or unlinked since the first look: ask the index again.
-                linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
-                if linked.worker is not None:
-                    self._worker_turn(session, linked.worker, inbound, now)
-                    return
-                if linked.client is None:
-                    return
-                client = session.get(Client, linked.client.id, with_for_update=True)
-                assert client is not None
-            self._client_turn(session, client, inbound, understanding, duress, now)
+            if linked.client is None:
+                return
+            client = session.get(Client, linked.client.id, with_for_update=True)
+            assert client is not None
+        self._client_turn(session, client, inbound, understanding, duress, now)
 
     def _worker_turn(
         self, session: Session, worker: Worker, inbound: Inbound, now: datetime

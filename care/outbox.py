@@ -28,8 +28,9 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -177,7 +178,37 @@ def enqueue(
         row.not_before = not_before
     session.add(row)
     session.flush()
+    collector = _written.get()
+    if collector is not None:
+        collector.append(row)
     return row
+
+
+_written: ContextVar[list[OutboxMessage] | None] = ContextVar("outbox_written", default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[OutboxMessage]]:
+    """Collect the rows `enqueue` writes in this unit of work (on this thread), so that the
+    caller can hand them to the sender (`Handoff.take`) before it commits."""
+    rows: list[OutboxMessage] = []
+    token = _written.set(rows)
+    try:
+        yield rows
+    finally:
+        _written.reset(token)
+
+
+class Handoff(Protocol):
+    """The sender of this process, as a conversation turn hands it the replies it wrote."""
+
+    def take(self, session: Session, rows: Sequence[OutboxMessage]) -> Sequence[object]:
+        """Claim `rows` in the caller's transaction (those that may go at once)."""
+        ...
+
+    def adopt(self, taken: Sequence[object]) -> None:
+        """After the caller committed: send what `take` claimed."""
+        ...
 
 
 def read_payload(session: Session, vault: Vault, row: OutboxMessage) -> dict[str, Any]:
@@ -321,6 +352,8 @@ class _Item:
     outgoing: Outgoing
     client_id: int | None
     attempts: int
+    adopted_at: int | None = None
+    """For a row handed over by a turn: the sender's wake count when it was adopted."""
 
 
 class _Bucket:
@@ -569,6 +602,74 @@ class OutboxSender:
         self._wakes += 1
         self._wake.set()
 
+    def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Item]:
+        """Claim rows a conversation turn has just written, in the turn's own transaction.
+
+        A reply then needs no claim of its own: after the commit, `adopt` queues it and it
+        goes out as soon as its in-flight mark is committed. Only rows that could be claimed
+        now are taken, and only when nothing else is open for that person (an older message
+        goes first: such rows are left to the ordinary claim, like everything not taken).
+        Runs on the caller's thread; if the transaction rolls back, the claim never existed.
+        """
+        if self._loop is None or self._stopping or not rows:
+            return []
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.options.claim_seconds)
+        groups: dict[tuple[RecipientKind, int], list[OutboxMessage]] = {}
+        for row in rows:
+            if row.status is OutboxStatus.PENDING and row.not_before <= now:
+                groups.setdefault((row.recipient_kind, row.recipient_id), []).append(row)
+        taken: list[_Item] = []
+        for (kind, person), group in groups.items():
+            ids = [row.id for row in group]
+            older = session.scalar(
+                select(OutboxMessage.id)
+                .where(
+                    OutboxMessage.recipient_kind == kind,
+                    OutboxMessage.recipient_id == person,
+                    OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+                    OutboxMessage.id.not_in(ids),
+                )
+                .limit(1)
+            )
+            if older is not None:
+                continue
+            for row in sorted(group, key=lambda r: (r.priority, r.id)):
+                row.status = OutboxStatus.SENDING
+                row.claimed_by = self.name
+                row.claimed_until = until
+                item = self._prepare(session, row, now)
+                if item is not None:
+                    taken.append(item)
+        return taken
+
+    def adopt(self, taken: Sequence[object]) -> None:
+        """Queue what `take` claimed, once the caller has committed (from any thread). If the
+        sender has stopped meanwhile, the claims expire and the rows are claimed again."""
+        items = [item for item in taken if isinstance(item, _Item)]
+        loop = self._loop
+        if not items or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._adopted(items)
+        else:
+            loop.call_soon_threadsafe(self._adopted, items)
+
+    def _adopted(self, items: list[_Item]) -> None:
+        if self._task is None:
+            return
+        fresh = [item for item in items if item.row_id not in self._known]
+        for item in fresh:
+            item.adopted_at = self._wakes
+            self._known.add(item.row_id)
+        self._queue.extend(fresh)
+        self._queue.sort(key=lambda i: (i.priority, i.row_id))
+        self._wake.set()
+
     async def idle(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
         """Wait until nothing is due, queued or in flight; False on time-out."""
         self._idle.clear()
@@ -790,7 +891,10 @@ class OutboxSender:
         self._in_flight.pop(item.row_id, None)
         self._known.discard(item.row_id)
         self._busy_recipients.discard(item.recipient)
-        self._recheck = True
+        # A row may wait behind this one for the same person: look again. A row handed over
+        # by a turn had nobody waiting behind it then; a row written since came with a wake.
+        if item.adopted_at is None or item.adopted_at != self._wakes:
+            self._recheck = True
         self._wake.set()
 
     async def _send_once(self, item: _Item) -> None:

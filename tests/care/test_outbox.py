@@ -42,6 +42,7 @@ from care.outbox import (
     TransientError,
     Unreachable,
     _GroupCommit,
+    collecting,
     enqueue,
     skipped_sends,
 )
@@ -541,3 +542,96 @@ async def test_a_batch_of_good_jobs_is_one_commit(care_ctx: Care, people: People
     await writer.close()
     assert writer.commits == 1
     assert all(row(care_ctx, r).last_error == "done" for r in rows)
+
+
+def _turn(care: Care, sender: OutboxSender, client_id: int, *texts: str) -> list[int]:
+    """What a conversation turn does: write replies, hand them over, commit, then adopt."""
+    with collecting() as written:
+        with care.sessions() as session, session.begin():
+            client = session.get(Client, client_id)
+            assert client is not None
+            for text in texts:
+                enqueue(session, care.vault, client, {"type": "text", "text": text}, kind="reply")
+            taken = sender.take(session, written)
+        sender.adopt(taken)
+        return [r.id for r in written]
+
+
+async def test_a_turn_hands_its_replies_over_without_a_claim(
+    care_ctx: Care, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)  # the claim at start is over
+    claims: list[int] = []
+    real_claim = sender._claim
+    monkeypatch.setattr(sender, "_claim", lambda *a: claims.append(1) or real_claim(*a))
+    began = time.monotonic()
+    ids = _turn(care_ctx, sender, people.client_ids[0], "een", "twee")  # no wake()
+    await channel.wait_for(2, timeout=2)
+    await asyncio.sleep(0.1)
+    assert channel.deliveries[0][0] - began < 0.5
+    assert channel.delivered_ids() == ids, "in the order they were written"
+    assert claims == [], "no claim: nothing else was waiting"
+    await sender.stop()
+    assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
+
+
+async def test_a_reply_behind_an_older_open_row_is_left_to_the_claim(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    she = people.client_ids[0]
+    older = put(care_ctx, ("client", she), "herinnering", OutboxPriority.REMINDER)
+    (reply,) = _turn(care_ctx, sender, she, "antwoord")
+    assert row(care_ctx, reply).status is OutboxStatus.PENDING, "not taken over"
+    sender.wake()
+    await channel.wait_for(2, timeout=3)
+    await sender.stop()
+    assert channel.delivered_ids() == [reply, older], "the claim's order: a reply first"
+
+
+async def test_a_turn_that_rolls_back_hands_over_nothing(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=0.05))
+    await sender.start()
+    adopted: list[object] = []
+    with (
+        pytest.raises(RuntimeError),
+        collecting() as written,
+        care_ctx.sessions() as session,
+        session.begin(),
+    ):
+        client = session.get(Client, people.client_ids[0])
+        assert client is not None
+        enqueue(session, care_ctx.vault, client, {"type": "text", "text": "x"}, kind="reply")
+        adopted.extend(sender.take(session, written))
+        raise RuntimeError("the turn failed")
+    await asyncio.sleep(0.3)
+    await sender.stop()
+    assert len(adopted) == 1, "taken inside the transaction..."
+    assert channel.deliveries == [], "...but never adopted, so never sent"
+    with care_ctx.sessions() as session:
+        assert session.scalars(select(OutboxMessage)).all() == []
+
+
+async def test_a_stopped_sender_takes_nothing_and_the_claim_sends_it_later(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await sender.stop()
+    (reply,) = _turn(care_ctx, sender, people.client_ids[0], "later")
+    assert row(care_ctx, reply).status is OutboxStatus.PENDING
+    again = OutboxSender(care_ctx, channel, options=FAST)
+    await run_until_idle(again)
+    assert channel.delivered_ids() == [reply]
