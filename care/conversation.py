@@ -79,13 +79,9 @@ _Who = Literal["client", "worker", "nobody"]
 MAX_TEXT_CHARS = 2000
 """Longer texts get a kind "please write it shorter" instead of being read."""
 
-DELETE_WINDOW = timedelta(hours=48)
-"""Telegram lets a bot delete messages in a private chat for 48 hours."""
-
 PROCESSED_KEPT = timedelta(days=7)
 """How long a processed update id is kept (Telegram keeps undelivered updates for 24 hours)."""
 
-_DELETE_MARGIN = timedelta(minutes=10)
 _CHECKIN_WINDOW = timedelta(hours=36)
 _CHECKIN_CONTINUES = timedelta(hours=2)
 _STATE_FORMAT = 1
@@ -1070,23 +1066,17 @@ class ConversationService:
     def _delete_messages(
         self, session: Session, client: Client, now: datetime, *, older_than: datetime | None
     ) -> int:
+        """Delete her recorded messages (all of them for a wipe, `older_than` for the
+        auto-delete); returns how many can still be deleted."""
         session.flush()
-        stmt = select(ChatMessage).where(
-            ChatMessage.client_id == client.id, ChatMessage.deleted_at.is_(None)
-        )
-        if older_than is not None:
-            stmt = stmt.where(ChatMessage.at <= older_than)
-        rows = session.scalars(stmt.order_by(ChatMessage.message_id)).all()
-        limit = now - DELETE_WINDOW + _DELETE_MARGIN
-        ids = [row.message_id for row in rows if row.at > limit]
-        for row in rows:
-            row.deleted_at = now
-        if ids and client.chat_id_enc is not None:
+        ids = outbox.take_deletable(session, client.id, now, older_than=older_than)
+        everything = older_than is None  # the sender adds what is recorded meanwhile
+        if (ids or everything) and client.chat_id_enc is not None:
             outbox.enqueue(
                 session,
                 self.care.vault,
                 client,
-                {"type": "delete", "message_ids": ids},
+                {"type": "delete", "message_ids": ids, "everything": everything},
                 kind="delete",
                 priority=OutboxPriority.REPLY,
                 client_id=client.id,

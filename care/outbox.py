@@ -211,6 +211,28 @@ class Handoff(Protocol):
         ...
 
 
+DELETE_WINDOW = timedelta(hours=48)
+"""Telegram lets a bot delete messages in a private chat for 48 hours."""
+_DELETE_MARGIN = timedelta(minutes=10)
+
+
+def take_deletable(
+    session: Session, client_id: int, now: datetime, *, older_than: datetime | None = None
+) -> list[int]:
+    """The ids of her recorded messages not yet deleted (up to `older_than`), marked deleted
+    now; those past Telegram's 48 hours are only marked, as they can no longer go."""
+    stmt = select(ChatMessage).where(
+        ChatMessage.client_id == client_id, ChatMessage.deleted_at.is_(None)
+    )
+    if older_than is not None:
+        stmt = stmt.where(ChatMessage.at <= older_than)
+    rows = session.scalars(stmt.order_by(ChatMessage.message_id)).all()
+    limit = now - DELETE_WINDOW + _DELETE_MARGIN
+    for row in rows:
+        row.deleted_at = now
+    return [row.message_id for row in rows if row.at > limit]
+
+
 def read_payload(session: Session, vault: Vault, row: OutboxMessage) -> dict[str, Any]:
     """Decrypt an outbox row's payload."""
     loaded: dict[str, Any] = json.loads(vault.decrypt(session, row.data_key_id, row.payload_enc))
@@ -1043,6 +1065,17 @@ class OutboxSender:
             )
         _log.info("outbox.expired outbox_id=%d kind=%s", row.id, row.kind)
 
+    def _payload(self, session: Session, row: OutboxMessage, now: datetime) -> dict[str, Any]:
+        """The row's payload. A wipe's delete ("everything") is completed here, just before it
+        goes: messages of hers recorded after the wipe was decided (a message that was on its
+        way then) are deleted too. Her earlier rows are settled by now (one person's rows go
+        in order), so every message sent before the wipe is recorded."""
+        payload = read_payload(session, self.care.vault, row)
+        if payload.get("type") == "delete" and payload.get("everything") and row.client_id:
+            late = take_deletable(session, row.client_id, now)
+            payload["message_ids"] = sorted({*payload.get("message_ids", ()), *late})
+        return payload
+
     def _prepare(self, session: Session, row: OutboxMessage, now: datetime) -> _Item | None:
         """Decrypt a claimed row; settle rows that cannot or must not be sent."""
         if row.last_error == IN_FLIGHT:
@@ -1071,9 +1104,7 @@ class OutboxSender:
                 row.last_error = "no_chat"
                 _log.warning("outbox.no_chat outbox_id=%d", row.id)
                 return None
-            outgoing = to_outgoing(
-                row, read_payload(session, self.care.vault, row), chat_id, self._protect
-            )
+            outgoing = to_outgoing(row, self._payload(session, row, now), chat_id, self._protect)
         except (DecryptionError, ValueError, KeyError, TypeError) as exc:
             row.status = OutboxStatus.CANCELLED
             row.last_error = "erased" if isinstance(exc, DecryptionError) else "bad_payload"

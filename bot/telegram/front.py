@@ -95,21 +95,35 @@ class TelegramFront:
     async def _handle(
         self, update: Update, previous: asyncio.Task[None] | None, answer_outage: bool
     ) -> None:
-        await self._answer_button(update)  # at once, even while her previous update runs
-        if previous is not None:
-            await asyncio.wait([previous])  # its outcome is its own
-        if not answer_outage:
-            await self._process(update)
-            return
+        # A button press is answered at once (her spinner stops), beside the handling, even
+        # while her previous update still runs; the task ends when both are done.
+        answering = (
+            asyncio.create_task(self._answer_button(update))
+            if update.callback_query is not None
+            else None
+        )
         try:
-            await self._process(update)
-        except DATABASE_DOWN as exc:
-            log.error(
-                "telegram.database_down update=%s error=%s", update.update_id, type(exc).__name__
-            )
-            await self._sorry(update)
-        except Exception as exc:  # logged by class only: the update may carry her words
-            log.error("telegram.failed update=%s error=%s", update.update_id, type(exc).__name__)
+            if previous is not None:
+                await asyncio.wait([previous])  # its outcome is its own
+            if not answer_outage:
+                await self._process(update)
+                return
+            try:
+                await self._process(update)
+            except DATABASE_DOWN as exc:
+                log.error(
+                    "telegram.database_down update=%s error=%s",
+                    update.update_id,
+                    type(exc).__name__,
+                )
+                await self._sorry(update)
+            except Exception as exc:  # logged by class only: the update may carry her words
+                log.error(
+                    "telegram.failed update=%s error=%s", update.update_id, type(exc).__name__
+                )
+        finally:
+            if answering is not None:
+                await answering
 
     async def _answer_button(self, update: Update) -> None:
         if update.callback_query is None:

@@ -45,6 +45,7 @@ from care.outbox import (
     collecting,
     enqueue,
     skipped_sends,
+    take_deletable,
 )
 from care.settings import RateLimits
 from tests.reminders.helpers import FakeChannel, People, make_people
@@ -635,3 +636,40 @@ async def test_a_stopped_sender_takes_nothing_and_the_claim_sends_it_later(
     again = OutboxSender(care_ctx, channel, options=FAST)
     await run_until_idle(again)
     assert channel.delivered_ids() == [reply]
+
+
+async def test_a_wipe_also_deletes_a_message_that_was_on_its_way(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    she = people.client_ids[0]
+    on_its_way = put(care_ctx, ("client", she), "vraag")
+    channel = FakeChannel()
+
+    def wipe_while_sending(message: Outgoing) -> None:
+        if message.outbox_id != on_its_way:
+            return
+        # She pressed "wipe" while this message was being delivered: its id is not recorded.
+        with care_ctx.sessions() as session, session.begin():
+            client = session.get(Client, she)
+            assert client is not None
+            ids = take_deletable(session, she, datetime.now(UTC))
+            enqueue(
+                session,
+                care_ctx.vault,
+                client,
+                {"type": "delete", "message_ids": ids, "everything": True},
+                kind="delete",
+                client_id=she,
+            )
+
+    channel.hook = wipe_while_sending
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.deliveries[0][1].outbox_id == on_its_way
+    deletes = [m for _, m in channel.deliveries if m.kind == "delete"]
+    assert len(deletes) == 1
+    with care_ctx.sessions() as session:
+        recorded = session.scalars(select(ChatMessage).where(ChatMessage.client_id == she)).all()
+    assert len(recorded) == 1, "the message on its way was recorded after the wipe began"
+    assert [r.message_id for r in recorded] == list(deletes[0].message_ids)
+    assert all(r.deleted_at is not None for r in recorded), "nothing of hers is left"
