@@ -845,7 +845,10 @@ class OutboxSender:
         self._claimed_wakes = wakes = self._wakes
         self._recheck = False
         self._last_refill = time.monotonic()
-        want = max(opts.batch_size - len(self._queue) - len(self._in_flight), 0)
+        # Rows handed over by turns do not count: a full queue of them must not keep older
+        # rows (a reminder, a second message of hers) from being claimed.
+        claimed = sum(1 for item in self._queue if item.adopted_at is None)
+        want = max(opts.batch_size - claimed - len(self._in_flight), 0)
         worst = max((item.priority for item in self._queue), default=None)
         fresh: list[_Item] = []
         try:

@@ -673,3 +673,20 @@ async def test_a_wipe_also_deletes_a_message_that_was_on_its_way(
     assert len(recorded) == 1, "the message on its way was recorded after the wipe began"
     assert [r.message_id for r in recorded] == list(deletes[0].message_ids)
     assert all(r.deleted_at is not None for r in recorded), "nothing of hers is left"
+
+
+async def test_rows_handed_over_do_not_keep_older_rows_from_being_claimed(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel(delay=0.1)
+    options = SenderOptions(poll_seconds=0.2, batch_size=2, max_in_flight=1)
+    sender = OutboxSender(care_ctx, channel, options=options)
+    await sender.start()
+    await asyncio.sleep(0.1)
+    older = put(care_ctx, ("client", people.client_ids[3]), "herinnering")  # no wake
+    for she in people.client_ids[:3]:
+        _turn(care_ctx, sender, she, "een", "twee", "drie")
+    await channel.wait_for(10, timeout=10)
+    await sender.stop()
+    assert channel.delivered_ids().index(older) < 6, "claimed beside the handed-over rows"
