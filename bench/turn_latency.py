@@ -1,15 +1,21 @@
 """Turn latency: simulated girls chatting through the real Application against the fake Bot API.
 
-Each girl repeats a four-turn cycle (`/checkin`, tap "good", tap "yes, safe", "dank je"),
-waiting for the bot's replies before her next turn; all girls chat at the same time. For
+Each girl repeats a four-turn cycle (`/checkin`, tap "good", tap "yes, safe", "dank je"). She
+reads the bot's replies and takes a moment before her next turn (`--think`, seconds on
+average, drawn at random between 0 and twice that; 0 makes every girl answer at once). For
 every turn it measures the time from the moment the fake delivered the update to the bot
 until the first reply arrived at the fake. The same is measured for a bare
-python-telegram-bot echo bot against the same fake, so that the figures can be compared.
-Every scenario runs in its own child process, so that peak RSS belongs to that bot alone.
+python-telegram-bot echo bot against the same fake, in the same run.
 
-    .venv/bin/python bench/turn_latency.py                      # 50 girls x 12 turns (~1.5 min)
-    .venv/bin/python bench/turn_latency.py --clients 200 --turns 20   # the issue's full run
-    .venv/bin/python bench/turn_latency.py --backends sqlite
+The fake Bot API and the girls run in this process; each bot runs in a child process of its
+own, as it would against the real Telegram, so that the bot's figures (and its peak RSS) are
+its own and not the load generator's. "CPU ms/turn" is the bot process's CPU time while it
+served, per turn; when the girls ask for more turns than that allows, turns/s is the bot's
+capacity and the latency is mostly queueing.
+
+    .venv/bin/python bench/turn_latency.py                      # 50 girls x 12 turns (~2 min)
+    .venv/bin/python bench/turn_latency.py --clients 200 --turns 20   # the issue's run (~7 min)
+    .venv/bin/python bench/turn_latency.py --backends sqlite --think 0  # saturation
 
 Telegram's own pacing (1 message/s per chat) is lifted in the bot's settings and not enforced
 by the fake: this measures the bot's work, not Telegram's limits. Targets (issue 5): our p50
@@ -24,7 +30,9 @@ import asyncio
 import json
 import logging
 import os
+import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +55,8 @@ PG_URL = os.environ.get(
     "AFTERCARE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 )
 FIRST_CHAT = 900_000_000
+PATIENCE = 600.0
+"""Seconds a girl waits for the bot's answer before the benchmark gives up."""
 
 # (what she does, how many bot messages it brings)
 CYCLE: list[tuple[str, str, int]] = [
@@ -60,11 +70,16 @@ CYCLE: list[tuple[str, str, int]] = [
 # ---------------------------------------------------------------------------- the girls
 
 
-async def chat(fake: FakeTelegram, chat_id: int, turns: int, echo: bool) -> list[float]:
+async def chat(
+    fake: FakeTelegram, chat_id: int, turns: int, echo: bool, think: float
+) -> list[float]:
     """One girl's turns; returns the latency of each in seconds."""
     latencies: list[float] = []
     sent = len(fake.sent(chat_id))
+    pause = random.Random(chat_id)
     for turn in range(turns):
+        if think > 0:
+            await asyncio.sleep(pause.uniform(0, 2 * think))
         kind, value, expect = CYCLE[turn % len(CYCLE)]
         if echo:
             expect = 1
@@ -76,7 +91,8 @@ async def chat(fake: FakeTelegram, chat_id: int, turns: int, echo: bool) -> list
             last = [m for m in fake.sent(chat_id) if m.buttons]
             data = last[-1].buttons[int(value)][1]
             update_id = fake.push_callback(chat_id, data, last[-1].message_id)
-        messages = await fake.wait_for_async(sent + expect, 30, chat_id=chat_id)
+        # She waits for the answer however long it takes (an overloaded bot shows as latency).
+        messages = await fake.wait_for_async(sent + expect, PATIENCE, chat_id=chat_id)
         delivered = fake.delivered_at(update_id)
         first = messages[sent]
         if delivered is not None:
@@ -85,11 +101,13 @@ async def chat(fake: FakeTelegram, chat_id: int, turns: int, echo: bool) -> list
     return latencies
 
 
-async def drive(fake: FakeTelegram, clients: int, turns: int, echo: bool) -> dict[str, Any]:
-    """All girls at once; returns the figures."""
+async def drive(
+    fake: FakeTelegram, clients: int, turns: int, echo: bool, think: float
+) -> dict[str, Any]:
+    """All girls at once; returns the figures (RSS comes from the bot's process)."""
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(chat(fake, FIRST_CHAT + n, turns, echo) for n in range(clients))
+        *(chat(fake, FIRST_CHAT + n, turns, echo, think) for n in range(clients))
     )
     elapsed = time.perf_counter() - started
     latencies = sorted(x for one in results for x in one)
@@ -99,7 +117,6 @@ async def drive(fake: FakeTelegram, clients: int, turns: int, echo: bool) -> dic
         "p50_ms": statistics.median(latencies) * 1e3,
         "p99_ms": quantiles[98] * 1e3,
         "turns_per_s": len(latencies) / elapsed,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "seconds": elapsed,
     }
 
@@ -107,7 +124,35 @@ async def drive(fake: FakeTelegram, clients: int, turns: int, echo: bool) -> dic
 # ---------------------------------------------------------------------------- the echo bot
 
 
-async def run_echo(clients: int, turns: int) -> dict[str, Any]:
+async def until_stopped() -> None:
+    """Wait for SIGTERM (the parent ends a scenario with it)."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+_cpu_at_ready = 0.0
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ready() -> None:
+    """Tell the parent the bot is serving (its CPU time counts from here)."""
+    global _cpu_at_ready
+    _cpu_at_ready = _cpu_seconds()
+    print("ready", flush=True)
+
+
+def own_figures() -> dict[str, float]:
+    """This process's peak resident set size and the CPU time it used while serving."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_mb": rss, "cpu_s": _cpu_seconds() - _cpu_at_ready}
+
+
+async def run_echo(token: str, base_url: str) -> dict[str, Any]:
     """A bare PTB bot: echoes text and commands, answers button presses, always with buttons."""
     from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
     from telegram.ext import Application, ContextTypes, TypeHandler
@@ -130,24 +175,17 @@ async def run_echo(clients: int, turns: int) -> dict[str, Any]:
         elif update.message is not None and update.message.text:
             await update.message.reply_text(update.message.text, reply_markup=markup)
 
-    with FakeTelegram() as fake:
-        app = (
-            Application.builder()
-            .token(fake.token)
-            .base_url(fake.base_url)
-            .base_file_url(fake.base_file_url)
-            .concurrent_updates(True)
-            .build()
-        )
-        app.add_handler(TypeHandler(Update, echo))
-        async with app:
-            await app.start()
-            assert app.updater is not None
-            await app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
-            figures = await drive(fake, clients, turns, echo=True)
-            await app.updater.stop()
-            await app.stop()
-    return figures
+    app = Application.builder().token(token).base_url(base_url).concurrent_updates(True).build()
+    app.add_handler(TypeHandler(Update, echo))
+    async with app:
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        ready()
+        await until_stopped()
+        await app.updater.stop()
+        await app.stop()
+    return own_figures()
 
 
 # ---------------------------------------------------------------------------- our bot
@@ -179,7 +217,7 @@ def _drop(name: str | None) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def run_ours(backend: str, clients: int, turns: int) -> dict[str, Any]:
+async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dict[str, Any]:
     """The whole bot (bootstrap.serve_telegram) with the embedded NLU."""
     from bot.bootstrap import build, serve_telegram
     from care import directory
@@ -187,7 +225,6 @@ async def run_ours(backend: str, clients: int, turns: int) -> dict[str, Any]:
     from care.crypto import keyring_from_set, new_key_set
     from care.db import make_engine, make_sessionmaker
     from care.models import Worker
-    from care.outbox import SenderOptions
     from care.settings import DEFAULT_CONFIG, RateLimits, load_settings
     from care.vault import Vault
     from nlu import NluConfig, build_nlu
@@ -219,54 +256,63 @@ async def run_ours(backend: str, clients: int, turns: int) -> dict[str, Any]:
             nlu = build_nlu(NluConfig(cache_dir=default_cache_dir()))
             parts = build(settings, care=care, nlu=nlu)
             stop = asyncio.Event()
-            ready = asyncio.Event()
-            with FakeTelegram() as fake:
-                task = asyncio.create_task(
-                    serve_telegram(
-                        parts,
-                        stop,
-                        token=fake.token,
-                        base_url=fake.base_url,
-                        base_file_url=fake.base_file_url,
-                        sender_options=SenderOptions(
-                            max_in_flight=32, batch_size=200, poll_seconds=0.01
-                        ),
-                        ready=lambda _: ready.set(),
-                    )
-                )
-                await asyncio.wait_for(ready.wait(), 60)
-                figures = await drive(fake, clients, turns, echo=False)
-                stop.set()
-                await asyncio.wait_for(task, 60)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await serve_telegram(
+                parts,
+                stop,
+                token=token,
+                base_url=base_url,
+                ready=lambda _: ready(),
+            )
             await nlu.aclose()
             care.close()
         finally:
             _drop(pg_name)
-    return figures
+    return own_figures()
 
 
 # ---------------------------------------------------------------------------- parent
 
 
-def child(kind: str, backend: str, clients: int, turns: int) -> dict[str, Any]:
-    """Run one scenario in a child process and read its figures."""
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--backend",
-        backend,
-        "--clients",
-        str(clients),
-        "--turns",
-        str(turns),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+def scenario(kind: str, backend: str, clients: int, turns: int, think: float) -> dict[str, Any]:
+    """Serve one bot in a child process while the girls chat with it here."""
+    with FakeTelegram() as fake:
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--backend",
+            backend,
+            "--clients",
+            str(clients),
+            "--token",
+            fake.token,
+            "--base-url",
+            fake.base_url,
+        ]
+        bot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert bot.stdout is not None
+            line = bot.stdout.readline().strip()
+            if line != "ready":
+                _, err = bot.communicate(timeout=60)
+                return {"error": err.strip().splitlines()[-1] if err.strip() else "no start"}
+            figures = asyncio.run(drive(fake, clients, turns, echo=kind == "echo", think=think))
+            methods: dict[str, int] = {}
+            for call in fake.calls():
+                methods[call.method] = methods.get(call.method, 0) + 1
+            figures["calls"] = methods
+            bot.send_signal(signal.SIGTERM)
+            out, err = bot.communicate(timeout=120)
+        finally:
+            if bot.poll() is None:
+                bot.kill()
+                bot.wait()
+        if bot.returncode != 0:
+            return {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
+        figures.update(json.loads(out.strip().splitlines()[-1]))
+        return figures
 
 
 def main() -> None:
@@ -274,24 +320,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50, help="girls chatting at once")
     parser.add_argument("--turns", type=int, default=12, help="turns per girl")
+    parser.add_argument(
+        "--think", type=float, default=2.0, help="seconds she takes between turns, on average"
+    )
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
     parser.add_argument("--child", choices=["echo", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="sqlite", help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.ERROR)
     if args.child == "echo":
-        print(json.dumps(asyncio.run(run_echo(args.clients, args.turns))))
+        print(json.dumps(asyncio.run(run_echo(args.token, args.base_url))))
         return
     if args.child == "ours":
-        print(json.dumps(asyncio.run(run_ours(args.backend, args.clients, args.turns))))
+        run = run_ours(args.backend, args.clients, args.token, args.base_url)
+        profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile stats of the bot go there
+        if profile:
+            import cProfile
+
+            with cProfile.Profile() as profiler:
+                result = asyncio.run(run)
+            profiler.dump_stats(profile)
+        else:
+            result = asyncio.run(run)
+        print(json.dumps(result))
         return
-    print(f"turn latency: {args.clients} girls x {args.turns} turns, fake Bot API, no rate limits")
-    echo = child("echo", "-", args.clients, args.turns)
+    print(
+        f"turn latency: {args.clients} girls x {args.turns} turns, {args.think:g} s between "
+        "turns on average, fake Bot API, no rate limits"
+    )
+    echo = scenario("echo", "-", args.clients, args.turns, args.think)
     rows: list[tuple[str, dict[str, Any]]] = [("PTB echo bot", echo)]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        rows.append((f"aftercare ({backend})", child("ours", backend, args.clients, args.turns)))
-    print(f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}")
+        figures = scenario("ours", backend, args.clients, args.turns, args.think)
+        rows.append((f"aftercare ({backend})", figures))
+    print(
+        f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}"
+        f" {'CPU ms/turn':>11}"
+    )
     for name, figures in rows:
         if "error" in figures:
             print(f"{name:22} failed: {figures['error']}")
@@ -299,7 +367,15 @@ def main() -> None:
         print(
             f"{name:22} {figures['turns']:>6} {figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
             f" {figures['turns_per_s']:>8.1f} {figures['rss_mb']:>7.0f}"
+            f" {figures['cpu_s'] * 1e3 / max(figures['turns'], 1):>11.1f}"
         )
+    for name, figures in rows:
+        if "calls" in figures:
+            per_turn = ", ".join(
+                f"{method} {count / max(figures['turns'], 1):.2f}"
+                for method, count in sorted(figures["calls"].items(), key=lambda kv: -kv[1])
+            )
+            print(f"{name}: Bot API calls per turn: {per_turn}")
     base = echo.get("p50_ms")
     for name, figures in rows[1:]:
         if base and "p50_ms" in figures:
