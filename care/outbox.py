@@ -679,7 +679,8 @@ class OutboxSender:
         if running is loop:
             self._adopted(items)
         else:
-            loop.call_soon_threadsafe(self._adopted, items)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the claims expire
+                loop.call_soon_threadsafe(self._adopted, items)
 
     def _adopted(self, items: list[_Item]) -> None:
         if self._task is None:
