@@ -332,18 +332,22 @@ class ConversationService:
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
-            log.error(
-                "turn.failed update=%s error=%s at=%s",
-                inbound.update_id,
-                type(exc).__name__,
-                _where(exc),
-            )
-            direct = await asyncio.to_thread(self._apologise, inbound)
-            self.wake()
-            return Handled(direct=direct, who=kind)
+            return await self._failed(inbound, exc, kind)
         if left:
             self.wake()
         return Handled(who=kind)
+
+    async def _failed(self, inbound: Inbound, exc: Exception, kind: _Who) -> Handled:
+        """A turn failed (and was rolled back): log where, never what; apologise to her."""
+        log.error(
+            "turn.failed update=%s error=%s at=%s",
+            inbound.update_id,
+            type(exc).__name__,
+            _where(exc),
+        )
+        direct = await asyncio.to_thread(self._apologise, inbound)
+        self.wake()
+        return Handled(direct=direct, who=kind)
 
     async def _handle_plain(self, inbound: Inbound) -> Handled:
         """A button, a command or an unsupported kind needs no NLU: the first look and the turn
@@ -353,15 +357,7 @@ class ConversationService:
         except _Duplicate:
             return Handled(duplicate=True)
         except Exception as exc:
-            log.error(
-                "turn.failed update=%s error=%s at=%s",
-                inbound.update_id,
-                type(exc).__name__,
-                _where(exc),
-            )
-            direct = await asyncio.to_thread(self._apologise, inbound)
-            self.wake()
-            return Handled(direct=direct)
+            return await self._failed(inbound, exc, "nobody")
         if looked is None:
             return await asyncio.to_thread(self._stranger, inbound)
         kind, left = looked

@@ -1057,16 +1057,7 @@ class OutboxSender:
         """Never send a row past `expires_at`; record it as skipped for her worker."""
         row.status = OutboxStatus.CANCELLED
         row.last_error = SKIP_EXPIRED
-        if row.client_id is not None:
-            record_skip(
-                session,
-                row.client_id,
-                row.kind,
-                SKIP_EXPIRED,
-                due_at=row.not_before,
-                ref=row.dedupe_key or f"outbox:{row.id}",
-                at=now,
-            )
+        self._record_row_skip(session, row, SKIP_EXPIRED, now)
         _log.info("outbox.expired outbox_id=%d kind=%s", row.id, row.kind)
 
     def _payload(self, session: Session, row: OutboxMessage, now: datetime) -> dict[str, Any]:
@@ -1123,21 +1114,27 @@ class OutboxSender:
             attempts=row.attempts,
         )
 
-    def _settle_unconfirmed(self, session: Session, row: OutboxMessage, now: datetime) -> None:
-        row.status = OutboxStatus.SENT
-        row.last_error = UNCONFIRMED
-        row.sent_at = now
-        row.claimed_until = None
+    def _record_row_skip(
+        self, session: Session, row: OutboxMessage, reason: str, now: datetime
+    ) -> None:
+        """Record for her worker that this row was not (surely) sent, and why."""
         if row.client_id is not None:
             record_skip(
                 session,
                 row.client_id,
                 row.kind,
-                SKIP_UNCONFIRMED,
+                reason,
                 due_at=row.not_before,
                 ref=row.dedupe_key or f"outbox:{row.id}",
                 at=now,
             )
+
+    def _settle_unconfirmed(self, session: Session, row: OutboxMessage, now: datetime) -> None:
+        row.status = OutboxStatus.SENT
+        row.last_error = UNCONFIRMED
+        row.sent_at = now
+        row.claimed_until = None
+        self._record_row_skip(session, row, SKIP_UNCONFIRMED, now)
         _log.warning("outbox.unconfirmed outbox_id=%d kind=%s", row.id, row.kind)
 
     def _owned(self, session: Session, row_id: int) -> OutboxMessage | None:

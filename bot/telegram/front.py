@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
-from telegram import BotCommand, Update
+from telegram import BotCommand, CallbackQuery, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
@@ -97,11 +97,8 @@ class TelegramFront:
     ) -> None:
         # A button press is answered at once (her spinner stops), beside the handling, even
         # while her previous update still runs; the task ends when both are done.
-        answering = (
-            asyncio.create_task(self._answer_button(update))
-            if update.callback_query is not None
-            else None
-        )
+        query = update.callback_query
+        answering = asyncio.create_task(self._answer(query)) if query is not None else None
         try:
             if previous is not None:
                 await asyncio.wait([previous])  # its outcome is its own
@@ -125,11 +122,9 @@ class TelegramFront:
             if answering is not None:
                 await answering
 
-    async def _answer_button(self, update: Update) -> None:
-        if update.callback_query is None:
-            return
+    async def _answer(self, query: CallbackQuery) -> None:
         try:
-            await update.callback_query.answer()
+            await query.answer()
         except TelegramError as exc:
             log.warning("telegram.callback_answer_failed error=%s", type(exc).__name__)
 
