@@ -132,6 +132,7 @@ async def until_stopped() -> None:
 
 
 _cpu_at_ready = 0.0
+_sys_at_ready = 0.0
 
 
 def _cpu_seconds() -> float:
@@ -139,17 +140,26 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sys_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def ready() -> None:
     """Tell the parent the bot is serving (its CPU time counts from here)."""
-    global _cpu_at_ready
+    global _cpu_at_ready, _sys_at_ready
     _cpu_at_ready = _cpu_seconds()
+    _sys_at_ready = _sys_seconds()
     print("ready", flush=True)
 
 
 def own_figures() -> dict[str, float]:
     """This process's peak resident set size and the CPU time it used while serving."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_mb": rss, "cpu_s": _cpu_seconds() - _cpu_at_ready}
+    return {
+        "rss_mb": rss,
+        "cpu_s": _cpu_seconds() - _cpu_at_ready,
+        "sys_s": _sys_seconds() - _sys_at_ready,
+    }
 
 
 async def run_echo(token: str, base_url: str) -> dict[str, Any]:
@@ -358,7 +368,7 @@ def main() -> None:
         rows.append((f"aftercare ({backend})", figures))
     print(
         f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}"
-        f" {'CPU ms/turn':>11}"
+        f" {'CPU ms/turn':>11} {'of it sys':>10}"
     )
     for name, figures in rows:
         if "error" in figures:
@@ -368,6 +378,7 @@ def main() -> None:
             f"{name:22} {figures['turns']:>6} {figures['p50_ms']:>8.1f} {figures['p99_ms']:>8.1f}"
             f" {figures['turns_per_s']:>8.1f} {figures['rss_mb']:>7.0f}"
             f" {figures['cpu_s'] * 1e3 / max(figures['turns'], 1):>11.1f}"
+            f" {figures['sys_s'] * 1e3 / max(figures['turns'], 1):>10.1f}"
         )
     for name, figures in rows:
         if "calls" in figures:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
@@ -34,6 +34,7 @@ import dialogues
 from care import audit, directory, escalations, outbox
 from care.clock import Clock, SystemClock
 from care.context import Care
+from care.db import insert_new
 from care.errors import CareError, CodeRefused, DecryptionError
 from care.models import (
     Appointment,
@@ -243,6 +244,39 @@ class _State:
     row: DialogueSession | None = None
 
 
+class LazyContext(Mapping[str, str | bool]):
+    """A turn's placeholder values and flags. Some groups of them cost a query; a group is
+    read the first time one of its keys is asked for, and only then."""
+
+    def __init__(
+        self,
+        values: dict[str, str | bool],
+        groups: Mapping[tuple[str, ...], Callable[[], dict[str, str | bool]]],
+    ) -> None:
+        self._values = values
+        self._groups = {key: (keys, load) for keys, load in groups.items() for key in keys}
+
+    def overlay(self, extra: Mapping[str, str]) -> LazyContext:
+        """Give some keys fixed values (a reminder's own); they win over what a group reads."""
+        self._values.update(extra)
+        return self
+
+    def __getitem__(self, key: str) -> str | bool:
+        if key not in self._values and key in self._groups:
+            keys, load = self._groups[key]
+            for name, value in load().items():
+                self._values.setdefault(name, value)
+            for name in keys:
+                self._groups.pop(name, None)
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._values), **dict.fromkeys(self._groups)})
+
+    def __len__(self) -> int:
+        return len(set(self._values) | set(self._groups))
+
+
 class _Duplicate(Exception):
     """This update was processed before."""
 
@@ -316,19 +350,16 @@ class ConversationService:
             )
         if inbound.kind != "text":
             return await self._handle_plain(inbound)
-        who = await asyncio.to_thread(self._who, inbound)
-        if who is None:
-            return Handled(duplicate=True)
-        kind, person_id, lang, duress = who
+        kind, person_id, lang = await asyncio.to_thread(self._who, inbound)
         if kind == "nobody":
             return await asyncio.to_thread(self._stranger, inbound)
         understanding = None
-        if kind == "client" and inbound.kind == "text" and not duress:
+        if kind == "client":
+            # Read before the turn's transaction (the NLU may be a server). A duress word is
+            # recognised in the turn, which then ignores this.
             understanding = await self.nlu.understand(inbound.text, lang)
         try:
-            left = await asyncio.to_thread(
-                self._turn, inbound, kind, person_id, understanding, duress
-            )
+            left = await asyncio.to_thread(self._turn, inbound, kind, person_id, understanding)
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
@@ -370,38 +401,29 @@ class ConversationService:
         nothing was written)."""
 
         def work(session: Session) -> _Who | None:
-            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
+            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id, lock=True)
             if linked.worker is not None:
-                self._turn_in(session, inbound, "worker", linked.worker.id, None, False)
+                self._turn_in(session, inbound, "worker", linked.worker.id, None)
                 return "worker"
             if linked.client is not None:
-                self._turn_in(session, inbound, "client", linked.client.id, None, False)
+                self._turn_in(session, inbound, "client", linked.client.id, None, linked.client)
                 return "client"
             return None
 
         kind, left = self._transact(work)
         return None if kind is None else (kind, left)
 
-    def _who(self, inbound: Inbound) -> tuple[_Who, int, str, bool] | None:
-        """Read-only first look: (who, their id, language, duress?); None for a duplicate."""
+    def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
+        """Read-only first look: who, their id and language. (A duplicate update is found by
+        the turn; until then it costs one look and one NLU reading.)"""
         with self.care.sessions() as session:
-            if inbound.update_id is not None:
-                seen = session.get(ProcessedUpdate, inbound.update_id)
-                if seen is not None:
-                    return None
             linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
             if linked.worker is not None:
-                return "worker", linked.worker.id, linked.worker.language, False
+                return "worker", linked.worker.id, linked.worker.language
             client = linked.client
             if client is None:
-                return "nobody", 0, inbound.language or self.settings.default_language, False
-            duress = False
-            if inbound.kind == "text":
-                org = session.get(Organisation, client.org_id)
-                duress = org is not None and directory.is_duress(
-                    self.care.keyring, org, inbound.text
-                )
-            return "client", client.id, client.language, duress
+                return "nobody", 0, inbound.language or self.settings.default_language
+            return "client", client.id, client.language
 
     def _mark_processed(
         self, session: Session, inbound: Inbound, *, savepoint: bool = False
@@ -465,13 +487,11 @@ class ConversationService:
         state.session = step.session
         self._save(session, client, state)
 
-    def _turn(
-        self, inbound: Inbound, kind: _Who, person_id: int, understanding: Any, duress: bool
-    ) -> bool:
+    def _turn(self, inbound: Inbound, kind: _Who, person_id: int, understanding: Any) -> bool:
         """One turn in one transaction; True when it wrote messages the sender must look for
         (those it did not take over)."""
         _, left = self._transact(
-            lambda session: self._turn_in(session, inbound, kind, person_id, understanding, duress)
+            lambda session: self._turn_in(session, inbound, kind, person_id, understanding)
         )
         return left
 
@@ -495,8 +515,10 @@ class ConversationService:
         kind: _Who,
         person_id: int,
         understanding: Any,
-        duress: bool,
+        locked: Client | None = None,
     ) -> None:
+        """The turn itself; `locked` is her row when it was just read (and locked) in this
+        transaction."""
         self._mark_processed(session, inbound)
         now = self.clock.now()
         index = directory.chat_index(self.care.keyring, inbound.chat_id)
@@ -504,8 +526,8 @@ class ConversationService:
         if worker is not None and worker.chat_index == index:
             self._worker_turn(session, worker, inbound, now)
             return
-        client = None
-        if kind == "client":
+        client = locked
+        if kind == "client" and client is None:
             client = session.get(Client, person_id, with_for_update=True)
         if client is None or client.chat_index != index:
             # Linked or unlinked since the first look: ask the index again.
@@ -517,7 +539,7 @@ class ConversationService:
                 return
             client = session.get(Client, linked.client.id, with_for_update=True)
             assert client is not None
-        self._client_turn(session, client, inbound, understanding, duress, now)
+        self._client_turn(session, client, inbound, understanding, now)
 
     def _worker_turn(
         self, session: Session, worker: Worker, inbound: Inbound, now: datetime
@@ -552,11 +574,10 @@ class ConversationService:
         client: Client,
         inbound: Inbound,
         understanding: Any,
-        duress: bool,
         now: datetime,
     ) -> None:
         self._remember(session, client, inbound.message_id, now)
-        if duress:
+        if inbound.kind == "text" and self._is_duress(session, client, inbound.text):
             # Something ordinary for whoever reads along; a silent alarm for her worker.
             self._reply(session, client, text_for("duress_reply", client.language))
             escalations.raise_escalation(
@@ -616,6 +637,10 @@ class ConversationService:
             step.session.flow,
             len(step.events),
         )
+
+    def _is_duress(self, session: Session, client: Client, text: str) -> bool:
+        org = session.get(Organisation, client.org_id)
+        return org is not None and directory.is_duress(self.care.keyring, org, text)
 
     def _resume(
         self,
@@ -723,7 +748,7 @@ class ConversationService:
                     return False
                 now = self.clock.now()
                 state = self._load(session, client)
-                context = {**self.context(session, client, state.fields, now), **extra}
+                context = self.context(session, client, state.fields, now).overlay(extra)
                 turn = state.session.turn if state.session else 0
                 step = dialogues.start(
                     self.flows.active(flow_id),
@@ -757,20 +782,46 @@ class ConversationService:
         client: Client,
         fields: Mapping[str, str | bool | int],
         now: datetime,
-    ) -> dict[str, str | bool]:
-        """Placeholder values in her language and time zone, and the flags branches test."""
-        worker = session.get(Worker, client.assigned_worker_id)
-        org = session.get(Organisation, client.org_id)
+    ) -> LazyContext:
+        """Placeholder values in her language and time zone, and the flags branches test. Her
+        worker, organisation and next appointment are read only when a text or a branch of
+        this turn asks for them."""
         nickname = fields.get("alias")
-        context: dict[str, str | bool] = {
+        values: dict[str, str | bool] = {
             "alias": nickname if isinstance(nickname, str) else "",
-            "worker_name": escalations.first_name(worker) if worker else "",
-            "org_name": org.name if org else "",
-            "org_phone": (org.phone or "") if org else "",
+            "has_alias": isinstance(nickname, str) and bool(nickname),
+            "office_hours": in_office_hours(now, self.settings),
+        }
+
+        def worker() -> dict[str, str | bool]:
+            found = session.get(Worker, client.assigned_worker_id)
+            return {"worker_name": escalations.first_name(found) if found else ""}
+
+        def org() -> dict[str, str | bool]:
+            found = session.get(Organisation, client.org_id)
+            return {
+                "org_name": found.name if found else "",
+                "org_phone": (found.phone or "") if found else "",
+            }
+
+        def appointment() -> dict[str, str | bool]:
+            return self._next_appointment(session, client, now)
+
+        return LazyContext(
+            values,
+            {
+                ("worker_name",): worker,
+                ("org_name", "org_phone"): org,
+                ("appointment_time", "appointment_place", "has_appointment"): appointment,
+            },
+        )
+
+    def _next_appointment(
+        self, session: Session, client: Client, now: datetime
+    ) -> dict[str, str | bool]:
+        found: dict[str, str | bool] = {
             "appointment_time": "",
             "appointment_place": "",
-            "office_hours": in_office_hours(now, self.settings),
-            "has_alias": isinstance(nickname, str) and bool(nickname),
             "has_appointment": False,
         }
         upcoming = session.scalars(
@@ -784,16 +835,16 @@ class ConversationService:
             .limit(1)
         ).first()
         if upcoming is not None:
-            context["appointment_time"] = format_when(
+            found["appointment_time"] = format_when(
                 upcoming.starts_at, client.timezone, client.language
             )
             if upcoming.place_enc is not None:
                 with contextlib.suppress(DecryptionError):
-                    context["appointment_place"] = self.care.vault.decrypt(
+                    found["appointment_place"] = self.care.vault.decrypt(
                         session, client.data_key_id, upcoming.place_enc
                     )
-            context["has_appointment"] = True
-        return context
+            found["has_appointment"] = True
+        return found
 
     def _load(self, session: Session, client: Client) -> _State:
         row = session.scalars(
@@ -1085,16 +1136,9 @@ class ConversationService:
         """Record her message id, so that wipe and auto-delete can remove it later."""
         if message_id is None:
             return
-        known = session.scalars(
-            select(ChatMessage.id).where(
-                ChatMessage.client_id == client.id, ChatMessage.message_id == message_id
-            )
-        ).first()
-        if known is None:
-            session.add(
-                ChatMessage(client_id=client.id, message_id=message_id, from_bot=False, at=now)
-            )
-            session.flush()
+        insert_new(
+            session, ChatMessage, client_id=client.id, message_id=message_id, from_bot=False, at=now
+        )
 
     # ------------------------------------------------------------------ leave no trace
 

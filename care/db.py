@@ -17,7 +17,8 @@ from typing import Any
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,6 +120,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """A session factory that keeps loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_new(session: Session, model: type[Any], **values: Any) -> None:
+    """Insert a row unless one with the same unique key is there already (one statement, no
+    savepoint: ON CONFLICT DO NOTHING on both SQLite and PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    stmt: Insert
+    if dialect == "postgresql":
+        stmt = postgresql.insert(model).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(model).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported (make_engine)
+        raise DatabaseUnavailable(f"unsupported database dialect {dialect}")
+    session.execute(stmt)
 
 
 @contextmanager

@@ -275,14 +275,19 @@ def link_chat(session: Session, vault: Vault, code: str, chat_id: int) -> Linked
     return Linked(None, client)
 
 
-def find_by_chat(session: Session, keyring: KeyRing, chat_id: int) -> Linked:
-    """The worker or client bound to this chat (both None when nobody is)."""
+def find_by_chat(session: Session, keyring: KeyRing, chat_id: int, *, lock: bool = False) -> Linked:
+    """The worker or client bound to this chat (both None when nobody is). A chat belongs to
+    one person at most (`link_chat`), so she, the common case, is looked for first. With
+    `lock`, her row is locked for the rest of the transaction (PostgreSQL: FOR UPDATE)."""
     index = chat_index(keyring, chat_id)
+    clients = select(Client).where(Client.chat_index == index)
+    if lock:
+        clients = clients.with_for_update()
+    client = session.scalars(clients).first()
+    if client is not None:
+        return Linked(None, client)
     worker = session.scalars(select(Worker).where(Worker.chat_index == index)).first()
-    if worker is not None:
-        return Linked(worker, None)
-    client = session.scalars(select(Client).where(Client.chat_index == index)).first()
-    return Linked(None, client)
+    return Linked(worker, None)
 
 
 def chat_id_of(session: Session, vault: Vault, person: Worker | Client) -> int | None:

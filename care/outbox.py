@@ -39,6 +39,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
+from care.db import insert_new
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -181,17 +182,28 @@ def enqueue(
     collector = _written.get()
     if collector is not None:
         collector.append(row)
+        collector.people.append(to)
     return row
 
 
-_written: ContextVar[list[OutboxMessage] | None] = ContextVar("outbox_written", default=None)
+class Written(list[OutboxMessage]):
+    """The rows `enqueue` wrote in one unit of work. It also holds on to their recipients, so
+    that the session still has them when the sender takes the rows over (a session keeps only
+    the objects somebody refers to; a lost one costs a query to load again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.people: list[Client | Worker] = []
+
+
+_written: ContextVar[Written | None] = ContextVar("outbox_written", default=None)
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[list[OutboxMessage]]:
+def collecting() -> Iterator[Written]:
     """Collect the rows `enqueue` writes in this unit of work (on this thread), so that the
     caller can hand them to the sender (`Handoff.take`) before it commits."""
-    rows: list[OutboxMessage] = []
+    rows = Written()
     token = _written.set(rows)
     try:
         yield rows
@@ -251,6 +263,9 @@ def read_payload(session: Session, vault: Vault, row: OutboxMessage) -> dict[str
 # that mark after a crash may have reached the person: an ordinary message is then marked SENT
 # with `last_error = UNCONFIRMED` (not repeated, and shown to her worker as a skipped-send record
 # "unconfirmed"); a critical alert is sent again, because a double alert beats a lost one.
+# A turn that hands its replies over (`OutboxSender.take`) writes that mark for the first reply
+# to each person in its own transaction, so the reply needs no commit of its own before it goes.
+# A graceful stop hands such rows back unsent (`_disarm`), as it does every armed row.
 
 IN_FLIGHT = "in_flight"
 UNCONFIRMED = "unconfirmed"
@@ -376,6 +391,8 @@ class _Item:
     attempts: int
     adopted_at: int | None = None
     """For a row handed over by a turn: the sender's wake count when it was adopted."""
+    marked: bool = False
+    """Its in-flight mark was committed with the turn that wrote it: arming needs no commit."""
 
 
 class _Bucket:
@@ -627,11 +644,13 @@ class OutboxSender:
     def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Item]:
         """Claim rows a conversation turn has just written, in the turn's own transaction.
 
-        A reply then needs no claim of its own: after the commit, `adopt` queues it and it
-        goes out as soon as its in-flight mark is committed. Only rows that could be claimed
-        now are taken, and only when nothing else is open for that person (an older message
-        goes first: such rows are left to the ordinary claim, like everything not taken).
-        Runs on the caller's thread; if the transaction rolls back, the claim never existed.
+        A reply then needs no claim of its own: after the commit, `adopt` queues it. The first
+        row for each person also gets its in-flight mark here, so it goes out without another
+        commit; the next rows for her are marked in turn, after the one before them is settled.
+        Only rows that could be claimed now are taken, and only when nothing else is open for
+        that person (an older message goes first: such rows are left to the ordinary claim,
+        like everything not taken). Runs on the caller's thread; if the transaction rolls
+        back, the claim and the mark never existed.
         """
         if self._loop is None or self._stopping or not rows:
             return []
@@ -656,13 +675,20 @@ class OutboxSender:
             )
             if older is not None:
                 continue
+            first = True
             for row in sorted(group, key=lambda r: (r.priority, r.id)):
                 row.status = OutboxStatus.SENDING
                 row.claimed_by = self.name
                 row.claimed_until = until
                 item = self._prepare(session, row, now)
-                if item is not None:
-                    taken.append(item)
+                if item is None:
+                    continue
+                if first:
+                    row.last_error = IN_FLIGHT
+                    row.attempts += 1
+                    item.marked = True
+                    first = False
+                taken.append(item)
         return taken
 
     def adopt(self, taken: Sequence[object]) -> None:
@@ -670,7 +696,10 @@ class OutboxSender:
         sender has stopped meanwhile, the claims expire and the rows are claimed again."""
         items = [item for item in taken if isinstance(item, _Item)]
         loop = self._loop
-        if not items or loop is None:
+        if not items:
+            return
+        if loop is None:
+            self._hand_back(items)
             return
         try:
             running = asyncio.get_running_loop()
@@ -678,12 +707,29 @@ class OutboxSender:
             running = None
         if running is loop:
             self._adopted(items)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the claims expire
-                loop.call_soon_threadsafe(self._adopted, items)
+            return
+        try:
+            loop.call_soon_threadsafe(self._adopted, items)
+        except RuntimeError:  # the loop has closed
+            self._hand_back(items)
+
+    def _hand_back(self, items: list[_Item]) -> None:
+        """Rows taken while the sender stopped: undo their in-flight marks, so that the next
+        claim sends them (their claims expire) instead of counting them as maybe delivered."""
+        marked = [item.row_id for item in items if item.marked]
+        if not marked:
+            return
+        try:
+            with self.care.sessions() as session, session.begin():
+                self._disarm(session, marked)
+        except Exception as exc:  # the claims expire; the rows are then settled as unconfirmed
+            _log.warning("outbox.handback_failed sender=%s error=%s", self.name, type(exc).__name__)
 
     def _adopted(self, items: list[_Item]) -> None:
-        if self._task is None:
+        if self._task is None or self._stopping:
+            if self._loop is not None and any(item.marked for item in items):
+                # Not on the loop's thread: a commit must not hold up the sends still going.
+                self._loop.run_in_executor(None, self._hand_back, items)
             return
         fresh = [item for item in items if item.row_id not in self._known]
         for item in fresh:
@@ -876,8 +922,11 @@ class OutboxSender:
         began = time.monotonic()
         try:
             assert self._commits is not None
-            marked = await self._commits.run(lambda s: self._mark_in_flight(s, item.row_id))
-            self._arm_latencies.append((time.monotonic(), time.monotonic() - began))
+            if item.marked:  # marked by the turn that wrote it
+                marked = True
+            else:
+                marked = await self._commits.run(lambda s: self._mark_in_flight(s, item.row_id))
+                self._arm_latencies.append((time.monotonic(), time.monotonic() - began))
             if not marked:
                 _log.warning("outbox.claim_lost sender=%s outbox_id=%d", self.name, item.row_id)
             elif self._stopping:
@@ -954,7 +1003,7 @@ class OutboxSender:
             code = "transient" if isinstance(exc, ChannelError) else type(exc).__name__[:40]
             await commits.run(lambda s: self._retry(s, item, code, None, True))
         else:
-            await commits.run(lambda s: self._mark_sent(s, row_id, delivered))
+            await commits.run(lambda s: self._mark_sent(s, item, delivered))
             self.sent_count += 1
 
     # ------------------------------------------------------------------ database work (thread)
@@ -1181,38 +1230,41 @@ class OutboxSender:
             .execution_options(synchronize_session=False)
         )
 
-    def _mark_sent(self, session: Session, row_id: int, delivered: Delivered) -> None:
+    def _mark_sent(self, session: Session, item: _Item, delivered: Delivered) -> None:
+        """The row is sent; the message ids it created in her chat are recorded, so that wipe
+        and auto-delete can remove them."""
         now = self.clock.now()
-        row = self._owned(session, row_id)
-        if row is None:
-            _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
-            return
-        row.status = OutboxStatus.SENT
-        row.sent_at = now
-        row.last_error = None
-        row.claimed_until = None
-        if delivered.message_ids:
-            row.channel_message_id = delivered.message_ids[0]
-        if row.recipient_kind is RecipientKind.CLIENT and row.kind != "delete":
-            known = set(
-                session.scalars(
-                    select(ChatMessage.message_id).where(
-                        ChatMessage.client_id == row.recipient_id,
-                        ChatMessage.message_id.in_(delivered.message_ids),
-                    )
-                )
+        result = session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == item.row_id,
+                OutboxMessage.status == OutboxStatus.SENDING,
+                OutboxMessage.claimed_by == self.name,
             )
+            .values(
+                status=OutboxStatus.SENT,
+                sent_at=now,
+                last_error=None,
+                claimed_until=None,
+                channel_message_id=delivered.message_ids[0] if delivered.message_ids else None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(result, "rowcount", 0):
+            _log.warning("outbox.claim_lost_after_send outbox_id=%d", item.row_id)
+            return
+        kind, person = item.recipient
+        if kind == RecipientKind.CLIENT.value and item.outgoing.kind != "delete":
             for message_id in delivered.message_ids:
-                if message_id not in known:
-                    session.add(
-                        ChatMessage(
-                            client_id=row.recipient_id,
-                            message_id=message_id,
-                            from_bot=True,
-                            at=now,
-                        )
-                    )
-        _log.debug("outbox.sent outbox_id=%d attempts=%d", row.id, row.attempts)
+                insert_new(
+                    session,
+                    ChatMessage,
+                    client_id=person,
+                    message_id=message_id,
+                    from_bot=True,
+                    at=now,
+                )
+        _log.debug("outbox.sent outbox_id=%d", item.row_id)
 
     def _mark_unconfirmed(self, session: Session, row_id: int) -> None:
         row = self._owned(session, row_id)

@@ -336,7 +336,7 @@ def _text(text: Mapping[str, str], lang: str, context: Context) -> str:
     """The text in `lang` (else the first given), placeholders filled; an empty placeholder
     leaves no stray space before punctuation."""
     template = text.get(lang) or next(iter(text.values()))
-    filled = _FILLER.vformat(template, (), dict(context))
+    filled = _FILLER.vformat(template, (), context)  # only the placeholders used are read
     return re.sub(r"[ \t]+([,.!?])", r"\1", filled).strip()
 
 
