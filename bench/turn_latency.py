@@ -249,9 +249,7 @@ async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dic
             )
             settings = base.model_copy(update={"telegram": telegram})
             keyring = keyring_from_set(new_key_set(), "bench")
-            engine = (
-                make_engine(url, pool_size=20, max_overflow=20) if pg_name else make_engine(url)
-            )
+            engine = make_engine(url)
             care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
             with care.sessions.begin() as session:
                 org = directory.add_organisation(session, "Bench")

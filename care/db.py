@@ -26,9 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from care.errors import DatabaseUnavailable, SchemaOutdated
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-SQLITE_POOL_SIZE = 20
-"""Connections kept open to a SQLite file: more than the threads that use them, so that none
-is closed and reopened (each opening runs the pragmas again)."""
+POOL_SIZE = 20
+"""Connections kept open: more than the threads of one process that use them (the turns, the
+outbox's claim and commit threads, the scheduler), so that none is opened and closed again
+under load. (SQLAlchemy's default of 5 made every connection above five a new one, opened
+and closed for each transaction: a PostgreSQL log-in, or on SQLite the pragmas again.)"""
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         if parsed.database and parsed.database != ":memory:":
-            kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
+            kwargs.setdefault("pool_size", POOL_SIZE)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         turns = SqliteTurns()
@@ -109,6 +111,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    kwargs.setdefault("pool_size", POOL_SIZE)
     try:
         return create_engine(url, pool_pre_ping=True, **kwargs)
     except NoSuchModuleError:

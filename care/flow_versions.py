@@ -271,6 +271,25 @@ class FlowStore:
             self._triggers[number] = spec
         return spec
 
+    def warm(self) -> int:
+        """Load the triggers and every active flow now (at start), so that the first turn
+        after a start does not wait for it; returns how many flows loaded. A flow that no
+        longer loads is logged and left to the turn that needs it."""
+        self.triggers()
+        with self._lock:
+            published = set(self._active)
+        ids = (published | set(self._working_library().flows)) - {TRIGGERS_ID}
+        loaded = 0
+        for flow_id in sorted(ids):
+            try:
+                self.active(flow_id)
+                loaded += 1
+            except (UnknownFlowError, ContentError) as error:
+                log.warning(
+                    "flow_store.warm_failed flow=%s error=%s", flow_id, type(error).__name__
+                )
+        return loaded
+
     def _active_number(self, flow_id: str) -> int | None:
         now = time.monotonic()
         with self._lock:

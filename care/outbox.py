@@ -714,20 +714,23 @@ class OutboxSender:
             self._hand_back(items)
 
     def _hand_back(self, items: list[_Item]) -> None:
-        """Rows taken while the sender stopped: undo their in-flight marks, so that the next
-        claim sends them (their claims expire) instead of counting them as maybe delivered."""
+        """Rows taken while the sender stopped go back to pending: the next claim sends them.
+        (Left alone, their claims would expire and a row marked in flight would count as
+        maybe delivered, so never be sent.)"""
         marked = [item.row_id for item in items if item.marked]
-        if not marked:
-            return
+        claimed = [item.row_id for item in items if not item.marked]
         try:
             with self.care.sessions() as session, session.begin():
-                self._disarm(session, marked)
+                if marked:
+                    self._disarm(session, marked)
+                if claimed:
+                    self._release_claims(session, claimed)
         except Exception as exc:  # the claims expire; the rows are then settled as unconfirmed
             _log.warning("outbox.handback_failed sender=%s error=%s", self.name, type(exc).__name__)
 
     def _adopted(self, items: list[_Item]) -> None:
         if self._task is None or self._stopping:
-            if self._loop is not None and any(item.marked for item in items):
+            if self._loop is not None:
                 # Not on the loop's thread: a commit must not hold up the sends still going.
                 self._loop.run_in_executor(None, self._hand_back, items)
             return

@@ -6,11 +6,11 @@ import logging
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 import dialogues
 from care.context import Care
-from care.conversation import in_office_hours
+from care.conversation import LazyContext, in_office_hours
 from care.models import (
     Appointment,
     ChatMessage,
@@ -264,3 +264,48 @@ async def test_a_new_code_in_a_linked_chat_moves_the_chat_to_its_person(world: W
     # An old, used code clicked again is a plain /start for whoever has the chat now.
     await world.command("start", other.code)
     assert world.to_client()[0].text == "Hoi! 👋 Fijn dat je er bent."
+
+
+def test_a_turns_context_reads_a_group_only_when_asked_and_once() -> None:
+    reads: list[str] = []
+
+    def worker() -> dict[str, str | bool]:
+        reads.append("worker")
+        return {"worker_name": "Noor"}
+
+    def appointment() -> dict[str, str | bool]:
+        reads.append("appointment")
+        return {"appointment_time": "di 3 dec 10:00", "has_appointment": True}
+
+    context = LazyContext(
+        {"alias": "Sam"},
+        {("worker_name",): worker, ("appointment_time", "has_appointment"): appointment},
+    )
+    assert context["alias"] == "Sam" and reads == []
+    assert context["worker_name"] == "Noor" and context.get("worker_name") == "Noor"
+    assert reads == ["worker"], "read once, when a text asked for it"
+    assert context.get("unknown") is None
+    context.overlay({"appointment_time": "morgen 9:00"})
+    assert context["has_appointment"] is True
+    assert context["appointment_time"] == "morgen 9:00", "a reminder's own value wins"
+    assert sorted(context) == ["alias", "appointment_time", "has_appointment", "worker_name"]
+    assert len(context) == 4
+
+
+async def test_a_text_without_placeholders_does_not_read_her_appointments(
+    world: World, care_ctx: Care
+) -> None:
+    await enrolled(world)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(care_ctx.engine, "before_cursor_execute", seen)
+    try:
+        await world.text("dank je")
+    finally:
+        event.remove(care_ctx.engine, "before_cursor_execute", seen)
+    assert world.to_client(), "she got an answer"
+    assert statements, "the turn ran"
+    assert not [s for s in statements if "FROM appointments" in s]

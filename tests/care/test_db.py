@@ -8,9 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from care.db import check_schema, make_engine
+from care.context import Care
+from care.db import check_schema, insert_new, make_engine
 from care.errors import DatabaseUnavailable, SchemaOutdated
+from care.models import ProcessedUpdate, utcnow
 
 
 def test_sqlite_runs_with_wal_full_sync_and_foreign_keys(tmp_path: Path) -> None:
@@ -108,3 +111,13 @@ def test_a_transaction_inside_another_in_the_same_thread_does_not_wait_for_itsel
     with engine.begin() as again:  # and the turn was given back
         assert again.exec_driver_sql("SELECT 3").scalar() == 3
     engine.dispose()
+
+
+def test_insert_new_leaves_a_row_that_is_there_and_the_transaction_goes_on(care_ctx: Care) -> None:
+    with care_ctx.sessions.begin() as session:
+        insert_new(session, ProcessedUpdate, update_id=7, processed_at=utcnow())
+        insert_new(session, ProcessedUpdate, update_id=7, processed_at=utcnow())
+        insert_new(session, ProcessedUpdate, update_id=8, processed_at=utcnow())
+    with care_ctx.sessions() as session:
+        ids = session.scalars(select(ProcessedUpdate.update_id).order_by(ProcessedUpdate.update_id))
+        assert list(ids) == [7, 8]

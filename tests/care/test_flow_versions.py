@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -209,3 +210,32 @@ def _choose(step: Step, button: str) -> ChoiceInput:
 
 def _texts(events: tuple[object, ...]) -> list[str]:
     return [event.text for event in events if isinstance(event, Say)]
+
+
+def test_warm_loads_every_active_flow_before_the_first_turn(
+    care_ctx: Care, content: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flows = {p.stem for p in content.glob("*.yml")} - {TRIGGERS_ID}
+    assert FlowStore(care_ctx.sessions, working_copy=content).warm() == len(flows)
+    with care_ctx.sessions.begin() as session:
+        publish(session, content, "editor1")
+        broken = session.scalar(select(FlowVersion).where(FlowVersion.flow == "checkin"))
+        assert broken is not None
+        broken.source = "flow: [no longer loads"
+    store = FlowStore(care_ctx.sessions, working_copy=content, refresh_seconds=60)
+    with caplog.at_level(logging.WARNING, logger="care.flow_versions"):
+        assert store.warm() == len(flows) - 1, "a flow that no longer loads does not stop a start"
+    assert "flow_store.warm_failed flow=checkin" in caplog.text
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    sqlalchemy.event.listen(care_ctx.engine, "before_cursor_execute", seen)
+    try:
+        for flow in sorted(flows - {"checkin"}):
+            assert store.active(flow).version == 1
+        store.triggers()
+    finally:
+        sqlalchemy.event.remove(care_ctx.engine, "before_cursor_execute", seen)
+    assert statements == [], "every flow was loaded by warm()"

@@ -690,3 +690,81 @@ async def test_rows_handed_over_do_not_keep_older_rows_from_being_claimed(
     await channel.wait_for(10, timeout=10)
     await sender.stop()
     assert channel.delivered_ids().index(older) < 6, "claimed beside the handed-over rows"
+
+
+def _written_by_a_turn(care: Care, sender: OutboxSender, she: int, *texts: str) -> tuple[Any, ...]:
+    """A turn's transaction up to its commit: the rows and what the sender took of them."""
+    with collecting() as written:
+        with care.sessions() as session, session.begin():
+            client = session.get(Client, she)
+            assert client is not None
+            for text in texts:
+                enqueue(session, care.vault, client, {"type": "text", "text": text}, kind="reply")
+            taken = sender.take(session, written)
+        return tuple(r.id for r in written), taken
+
+
+async def test_a_turns_first_reply_is_marked_in_flight_with_the_turn(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    commits = sender._commits
+    assert commits is not None
+    before = commits.commits
+    (first, second), taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "a", "b")
+    marked = row(care_ctx, first)
+    assert (marked.last_error, marked.attempts) == (IN_FLIGHT, 1), "committed with the turn"
+    assert row(care_ctx, second).last_error is None, "the next one waits for the first"
+    sender.adopt(taken)
+    await channel.wait_for(2, timeout=3)
+    await sender.stop()
+    assert channel.delivered_ids() == [first, second]
+    assert [row(care_ctx, i).last_error for i in (first, second)] == [None, None]
+    assert commits.commits - before <= 3, "the first reply's mark took no commit of its own"
+
+
+async def test_replies_taken_while_the_sender_stops_are_handed_back_and_sent_later(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+    stopping = asyncio.create_task(sender.stop(flush=False))
+    await asyncio.sleep(0)  # the stop has begun when the turn's commit arrives
+    sender.adopt(taken)
+    await stopping
+    deadline = time.monotonic() + 3
+    while any(row(care_ctx, i).status is not OutboxStatus.PENDING for i in ids):
+        assert time.monotonic() < deadline, "handed back"
+        await asyncio.sleep(0.02)
+    assert [(row(care_ctx, i).last_error, row(care_ctx, i).attempts) for i in ids] == [
+        (None, 0),
+        (None, 0),
+    ], "not in flight, so not counted as maybe delivered"
+    assert channel.deliveries == []
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.delivered_ids() == list(ids), "both sent by the next sender, in order"
+    assert all(row(care_ctx, i).last_error is None for i in ids), "none unconfirmed"
+
+
+def test_replies_taken_after_the_event_loop_closed_are_handed_back(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    sender = OutboxSender(care_ctx, FakeChannel(), options=SenderOptions(poll_seconds=30))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(sender.start())
+    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[1], "hoi")
+    loop.run_until_complete(sender.stop(flush=False))
+    loop.close()
+    sender.adopt(taken)  # from a turn's thread, after the loop closed
+    (reply,) = ids
+    assert row(care_ctx, reply).status is OutboxStatus.PENDING
+    assert row(care_ctx, reply).last_error is None
