@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from care.errors import DatabaseUnavailable, SchemaOutdated
@@ -31,6 +32,12 @@ POOL_SIZE = 20
 outbox's claim and commit threads, the scheduler), so that none is opened and closed again
 under load. (SQLAlchemy's default of 5 made every connection above five a new one, opened
 and closed for each transaction: a PostgreSQL log-in, or on SQLite the pragmas again.)"""
+
+PING_AFTER_IDLE_SECONDS = 10.0
+"""A PostgreSQL connection idle for longer is checked before use (the server may have
+restarted or dropped it); one in use a moment ago is not, which saves a round trip on
+every transaction under load."""
+_LAST_USED = "aftercare_last_used"
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +120,35 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     kwargs.setdefault("pool_size", POOL_SIZE)
     try:
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, **kwargs)
     except NoSuchModuleError:
         raise DatabaseUnavailable(
             f"unsupported database {describe_url(url)}: use sqlite or postgresql+psycopg"
         ) from None
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use when it has been idle for a while (SQLAlchemy's
+    `pool_pre_ping` checks before every use). A dead one is replaced: the pool tries again
+    with a new connection. A connection that dies while in use fails that transaction, and
+    SQLAlchemy then renews the whole pool."""
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get(_LAST_USED)
+        if used is not None and time.monotonic() - used < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("an idle database connection was gone") from exc
+
+    def checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -121,3 +121,30 @@ def test_insert_new_leaves_a_row_that_is_there_and_the_transaction_goes_on(care_
     with care_ctx.sessions() as session:
         ids = session.scalars(select(ProcessedUpdate.update_id).order_by(ProcessedUpdate.update_id))
         assert list(ids) == [7, 8]
+
+
+@pytest.mark.postgres
+def test_a_postgres_connection_that_died_while_idle_is_replaced_before_use(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from care import db
+    from tests.conftest import PG_ADMIN_DSN
+
+    engine = make_engine(pg_database)
+    try:
+        with engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid, (
+                "used a moment ago: the same connection, not checked again"
+            )
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # the server dropped it
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # ... and it has been idle
+        with engine.connect() as connection:
+            fresh = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        assert fresh != pid, "a new connection, and no error"
+    finally:
+        engine.dispose()
