@@ -22,6 +22,7 @@ from sqlalchemy import text
 from care.clock import Clock, SystemClock
 from care.context import Care, open_care
 from care.conversation import ConversationService
+from care.db import open_connections
 from care.flow_versions import FlowStore
 from care.outbox import Channel, OutboxSender, SenderOptions
 from care.settings import Settings, resolve_path
@@ -50,8 +51,10 @@ class Parts:
     service: ConversationService
 
     async def warm(self) -> None:
-        """Load the flows and read one word in each language before the first girl writes,
-        so that her first turn after a start is as quick as the next."""
+        """Open the database connections, load the flows and read one word in each language
+        before the first girl writes, so that her first turn after a start is as quick as
+        the next."""
+        await asyncio.to_thread(open_connections, self.care.engine)
         if isinstance(self.flows, FlowStore):
             await asyncio.to_thread(self.flows.warm)
         for lang in self.settings.languages:

@@ -1,12 +1,14 @@
 """The conversation service: one channel-neutral road for every message, hers and her worker's.
 
 A channel (Telegram, the console) turns what a person did into an `Inbound` and calls
-`ConversationService.handle`. In one transaction the service drops an update it has already
-processed, finds who the chat belongs to (blind index), records her message id (so that wipe
-can delete it), checks the duress word first, then lets the safety lexicon and the NLU read
-her words, lets the engine answer, and applies the events: replies and alerts become outbox
-rows, escalations rows, check-in answers `CheckIn` rows. Only after commit is anything sent
-(`wake` tells the outbox sender). The reminders start flows through `start_flow`.
+`ConversationService.handle`. For a text, the safety lexicon and the NLU read her words first,
+outside any transaction (the NLU may be a server). Then, in one transaction, the service drops
+an update it has already processed, finds who the chat belongs to (blind index), records her
+message id (so that wipe can delete it), checks the duress word (which sets the NLU's reading
+aside), lets the engine answer, and applies the events: replies and alerts become outbox
+rows, escalations rows, check-in answers `CheckIn` rows. The turn hands its replies to the
+outbox sender of this process; only after commit is anything sent. The reminders start flows
+through `start_flow`.
 
 Never lose a message: when anything fails after her message arrived, she still gets a kind
 reply and her worker a notice; the failure is logged with ids only. Nothing here ever logs

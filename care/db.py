@@ -33,6 +33,8 @@ outbox's claim and commit threads, the scheduler), so that none is opened and cl
 under load. (SQLAlchemy's default of 5 made every connection above five a new one, opened
 and closed for each transaction: a PostgreSQL log-in, or on SQLite the pragmas again.)"""
 
+WARM_CONNECTIONS = 8
+"""Connections opened at start: the turns' threads and the outbox's."""
 PING_AFTER_IDLE_SECONDS = 10.0
 """A PostgreSQL connection idle for longer is checked before use (the server may have
 restarted or dropped it); one in use a moment ago is not, which saves a round trip on
@@ -127,6 +129,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         ) from None
     _ping_when_idle(engine)
     return engine
+
+
+def open_connections(engine: Engine, count: int = WARM_CONNECTIONS) -> None:
+    """Open `count` pooled connections now (at start), so that the first burst of turns does
+    not wait for each to be opened (a PostgreSQL log-in, or SQLite's pragmas)."""
+    opened = []
+    try:
+        for _ in range(count):
+            opened.append(engine.connect())
+    finally:
+        for connection in opened:
+            connection.close()
 
 
 def _ping_when_idle(engine: Engine) -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from care.context import Care
-from care.db import check_schema, insert_new, make_engine
+from care.db import check_schema, insert_new, make_engine, open_connections
 from care.errors import DatabaseUnavailable, SchemaOutdated
 from care.models import ProcessedUpdate, utcnow
 
@@ -148,3 +148,10 @@ def test_a_postgres_connection_that_died_while_idle_is_replaced_before_use(
         assert fresh != pid, "a new connection, and no error"
     finally:
         engine.dispose()
+
+
+def test_connections_opened_at_start_wait_in_the_pool(care_ctx: Care) -> None:
+    care_ctx.engine.dispose()
+    open_connections(care_ctx.engine, 3)
+    pool = care_ctx.engine.pool
+    assert pool.checkedin() == 3, "open, and ready for the first turns"  # type: ignore[attr-defined]
