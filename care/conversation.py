@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -434,15 +434,15 @@ class ConversationService:
         savepoint the caller's transaction is lost on a duplicate (it is rolled back anyway)."""
         if inbound.update_id is None:
             return
-        row = ProcessedUpdate(update_id=inbound.update_id, processed_at=self.clock.now())
+        row = insert(ProcessedUpdate).values(
+            update_id=inbound.update_id, processed_at=self.clock.now()
+        )
         try:
             if savepoint:
                 with session.begin_nested():
-                    session.add(row)
-                    session.flush()
+                    session.execute(row)
             else:
-                session.add(row)
-                session.flush()
+                session.execute(row)
         except IntegrityError:
             raise _Duplicate() from None
 
