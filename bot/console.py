@@ -30,7 +30,7 @@ from care.conversation import Inbound
 from care.directory import chat_index
 from care.errors import InvalidInput, NotFound
 from care.models import Appointment, AppointmentStatus, Client, Organisation, Worker, WorkerRole
-from care.outbox import Button, Delivered, Outgoing, SenderOptions
+from care.outbox import Button, Delivered, Outgoing
 from care.settings import RateLimits
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ async def run_console(
     stdout.flush()
     channel = ConsoleChannel(stdout)
     console_parts = _console_care(parts)
-    sender = make_sender(parts, channel, SenderOptions(poll_seconds=0.05), care=console_parts.care)
+    sender = make_sender(parts, channel, care=console_parts.care)
     await sender.start()
     jobs = Background(parts) if background else None
     if jobs is not None:
