@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,13 @@ from reminders.appointments import create_appointment
 from reminders.runtime import Reminders
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_SECONDS = 0.001
+"""How long a thread may hold the GIL while another waits, while the bot serves (Python's
+default: 5 ms). A turn's database work runs on a worker thread and gives the GIL up at every
+statement; with the default, each statement could wait up to 5 ms for the event loop to hand
+it back. Five paired runs of `bench/turn_latency.py --clients 200 --turns 12`, median p99:
+SQLite 54 ms instead of 86, PostgreSQL 469 ms instead of 808; CPU per turn unchanged."""
 
 AUTO_DELETE_EVERY_SECONDS = 300.0
 """How often the auto-delete job looks for messages older than a client's chosen hours."""
@@ -201,6 +209,8 @@ async def serve_telegram(
     from bot.telegram.webhook import WebhookServer
 
     settings = parts.settings
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     await parts.warm()
     front = TelegramFront(parts.service, protect_content=settings.privacy.protect_content)
     application = build_application(
@@ -256,4 +266,5 @@ async def serve_telegram(
     await background.stop()
     await sender.stop(flush=True)
     await application.shutdown()
+    sys.setswitchinterval(switch_interval)
     log.info("bot.stopped")
