@@ -625,17 +625,26 @@ class OutboxSender:
 
     def wake(self) -> None:
         """Look for new rows now (call after committing a reply or an alert)."""
+        self._on_loop(self._woken)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> bool:
+        """Run `callback` on the sender's event loop: at once when called there, else soon
+        (from any thread). False when there is no loop to run it (not started, or closed)."""
         loop = self._loop
         if loop is None:
-            return
+            return False
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            self._woken()
-        else:
-            loop.call_soon_threadsafe(self._woken)
+            callback(*args)
+            return True
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop has closed
+            return False
+        return True
 
     def _woken(self) -> None:
         self._wakes += 1
@@ -693,24 +702,10 @@ class OutboxSender:
 
     def adopt(self, taken: Sequence[object]) -> None:
         """Queue what `take` claimed, once the caller has committed (from any thread). If the
-        sender has stopped meanwhile, the claims expire and the rows are claimed again."""
+        sender has stopped meanwhile, the rows are handed back (`_hand_back`) and the next
+        claim sends them."""
         items = [item for item in taken if isinstance(item, _Item)]
-        loop = self._loop
-        if not items:
-            return
-        if loop is None:
-            self._hand_back(items)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._adopted(items)
-            return
-        try:
-            loop.call_soon_threadsafe(self._adopted, items)
-        except RuntimeError:  # the loop has closed
+        if items and not self._on_loop(self._adopted, items):
             self._hand_back(items)
 
     def _hand_back(self, items: list[_Item]) -> None:
