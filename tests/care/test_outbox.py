@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -385,12 +385,19 @@ async def test_two_senders_deliver_every_row_exactly_once(care_ctx: Care) -> Non
     assert one.sent_count > 0 and two.sent_count > 0
 
 
-async def test_wake_sends_a_reply_at_once(care_ctx: Care, people: People) -> None:
-    fast_limits(care_ctx)
-    channel = FakeChannel()
-    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+async def _waiting_sender(care: Care, channel: FakeChannel) -> OutboxSender:
+    """A started sender, its claim at start over, that looks for rows only when woken or
+    handed them (it polls every 30 s); the rate limits are raised."""
+    fast_limits(care)
+    sender = OutboxSender(care, channel, options=SenderOptions(poll_seconds=30))
     await sender.start()
     await asyncio.sleep(0.1)
+    return sender
+
+
+async def test_wake_sends_a_reply_at_once(care_ctx: Care, people: People) -> None:
+    channel = FakeChannel()
+    sender = await _waiting_sender(care_ctx, channel)
     put(care_ctx, ("client", people.client_ids[0]), "antwoord")
     woken = time.monotonic()
     sender.wake()
@@ -545,27 +552,32 @@ async def test_a_batch_of_good_jobs_is_one_commit(care_ctx: Care, people: People
     assert all(row(care_ctx, r).last_error == "done" for r in rows)
 
 
-def _turn(care: Care, sender: OutboxSender, client_id: int, *texts: str) -> list[int]:
-    """What a conversation turn does: write replies, hand them over, commit, then adopt."""
+def _written_by_a_turn(
+    care: Care, sender: OutboxSender, she: int, *texts: str
+) -> tuple[list[int], Sequence[object]]:
+    """A turn's transaction up to its commit: the rows it wrote and what the sender took."""
     with collecting() as written:
         with care.sessions() as session, session.begin():
-            client = session.get(Client, client_id)
+            client = session.get(Client, she)
             assert client is not None
             for text in texts:
                 enqueue(session, care.vault, client, {"type": "text", "text": text}, kind="reply")
             taken = sender.take(session, written)
-        sender.adopt(taken)
-        return [r.id for r in written]
+        return [r.id for r in written], taken
+
+
+def _turn(care: Care, sender: OutboxSender, client_id: int, *texts: str) -> list[int]:
+    """What a conversation turn does: write replies, hand them over, commit, then adopt."""
+    ids, taken = _written_by_a_turn(care, sender, client_id, *texts)
+    sender.adopt(taken)
+    return ids
 
 
 async def test_a_turn_hands_its_replies_over_without_a_claim(
     care_ctx: Care, people: People, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fast_limits(care_ctx)
     channel = FakeChannel()
-    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
-    await sender.start()
-    await asyncio.sleep(0.1)  # the claim at start is over
+    sender = await _waiting_sender(care_ctx, channel)
     claims: list[int] = []
     real_claim = sender._claim
     monkeypatch.setattr(sender, "_claim", lambda *a: claims.append(1) or real_claim(*a))
@@ -583,11 +595,8 @@ async def test_a_turn_hands_its_replies_over_without_a_claim(
 async def test_a_reply_behind_an_older_open_row_is_left_to_the_claim(
     care_ctx: Care, people: People
 ) -> None:
-    fast_limits(care_ctx)
     channel = FakeChannel()
-    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
-    await sender.start()
-    await asyncio.sleep(0.1)
+    sender = await _waiting_sender(care_ctx, channel)
     she = people.client_ids[0]
     older = put(care_ctx, ("client", she), "herinnering", OutboxPriority.REMINDER)
     (reply,) = _turn(care_ctx, sender, she, "antwoord")
@@ -692,26 +701,11 @@ async def test_rows_handed_over_do_not_keep_older_rows_from_being_claimed(
     assert channel.delivered_ids().index(older) < 6, "claimed beside the handed-over rows"
 
 
-def _written_by_a_turn(care: Care, sender: OutboxSender, she: int, *texts: str) -> tuple[Any, ...]:
-    """A turn's transaction up to its commit: the rows and what the sender took of them."""
-    with collecting() as written:
-        with care.sessions() as session, session.begin():
-            client = session.get(Client, she)
-            assert client is not None
-            for text in texts:
-                enqueue(session, care.vault, client, {"type": "text", "text": text}, kind="reply")
-            taken = sender.take(session, written)
-        return tuple(r.id for r in written), taken
-
-
 async def test_a_turns_first_reply_is_marked_in_flight_with_the_turn(
     care_ctx: Care, people: People
 ) -> None:
-    fast_limits(care_ctx)
     channel = FakeChannel()
-    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
-    await sender.start()
-    await asyncio.sleep(0.1)
+    sender = await _waiting_sender(care_ctx, channel)
     commits = sender._commits
     assert commits is not None
     before = commits.commits
@@ -730,11 +724,8 @@ async def test_a_turns_first_reply_is_marked_in_flight_with_the_turn(
 async def test_replies_taken_while_the_sender_stops_are_handed_back_and_sent_later(
     care_ctx: Care, people: People
 ) -> None:
-    fast_limits(care_ctx)
     channel = FakeChannel()
-    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
-    await sender.start()
-    await asyncio.sleep(0.1)
+    sender = await _waiting_sender(care_ctx, channel)
     ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
     stopping = asyncio.create_task(sender.stop(flush=False))
     await asyncio.sleep(0)  # the stop has begun when the turn's commit arrives
