@@ -884,7 +884,6 @@ class ConversationService:
             session.add(state.row)
         else:
             row.flow, row.flow_version, row.state_enc = flow, version, encrypted
-        session.flush()
 
     # ------------------------------------------------------------------ applying events
 
@@ -1034,7 +1033,6 @@ class ConversationService:
             return recent
         checkin = CheckIn(client_id=client.id, due_at=now, sent_at=now, status=CheckInStatus.SENT)
         session.add(checkin)
-        session.flush()
         return checkin
 
     def _answer_appointment(

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
@@ -51,6 +51,7 @@ from care.models import (
     RecipientKind,
     SkippedSend,
     Worker,
+    utcnow,
 )
 from care.vault import Vault
 
@@ -154,7 +155,8 @@ def enqueue(
     escalation_id: int | None = None,
     client_id: int | None = None,
 ) -> OutboxMessage:
-    """Write an outbox row in the caller's transaction; its payload is encrypted.
+    """Write an outbox row in the caller's transaction; its payload is encrypted. The row
+    goes to the database at the next flush (its `id` is known from then on).
 
     `payload` holds the message (e.g. {"type": "text", "text": ..., "buttons": [[[id, label]]]}).
     `client_id` names the client a message to a worker is about, so that erasing her also
@@ -174,11 +176,12 @@ def enqueue(
         dedupe_key=dedupe_key,
         escalation_id=escalation_id,
         expires_at=expires_at,
+        not_before=not_before or utcnow(),
+        attempts=0,
     )
-    if not_before is not None:
-        row.not_before = not_before
+    # Not flushed here: the rows of a unit of work go to the database together, in the order
+    # written, when the sender takes them over (`OutboxSender.take`) or at commit.
     session.add(row)
-    session.flush()
     collector = _written.get()
     if collector is not None:
         collector.append(row)
@@ -548,6 +551,48 @@ class _GroupCommit:
         return outcomes
 
 
+def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
+    """Due rows that nothing is waiting ahead of for the same person, best priority first
+    (parameters `now`, `limit` and, when `better`, `better_than`). Built once per sender:
+    building it costs more than running it."""
+    o = OutboxMessage
+    p = aliased(OutboxMessage)
+    now = bindparam("now", type_=o.not_before.type)
+    due = and_(
+        o.not_before <= now,
+        or_(
+            o.status == OutboxStatus.PENDING,
+            and_(o.status == OutboxStatus.SENDING, o.claimed_until < now),
+        ),
+    )
+    blocked = (
+        select(p.id)
+        .where(
+            p.recipient_kind == o.recipient_kind,
+            p.recipient_id == o.recipient_id,
+            p.id != o.id,
+            or_(
+                and_(p.status == OutboxStatus.SENDING, p.claimed_until >= now),
+                and_(
+                    p.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+                    or_(
+                        p.priority < o.priority,
+                        and_(p.priority == o.priority, p.id < o.id),
+                    ),
+                ),
+            ),
+        )
+        .exists()
+    )
+    stmt = select(o.id).where(due, ~blocked)
+    if better:
+        stmt = stmt.where(o.priority < bindparam("better_than", type_=o.priority.type))
+    stmt = stmt.order_by(o.priority, o.id).limit(bindparam("limit", type_=Integer()))
+    if postgres:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
 class OutboxSender:
     """Delivers due outbox rows through a channel: by priority, in order per person, once.
 
@@ -587,6 +632,7 @@ class OutboxSender:
         self._overall_rate = overall
         self._arm_latencies: collections.deque[tuple[float, float]] = collections.deque()
         self._postgres = care.engine.dialect.name == "postgresql"
+        self._candidate_stmts: dict[bool, Select[int]] = {}
         self._protect = care.settings.privacy.protect_content
         self._queue: list[_Item] = []  # claimed, not yet armed; sorted by (priority, id)
         self._ahead: dict[int, _Item] = {}  # being armed or armed, not yet fired
@@ -669,34 +715,47 @@ class OutboxSender:
         for row in rows:
             if row.status is OutboxStatus.PENDING and row.not_before <= now:
                 groups.setdefault((row.recipient_kind, row.recipient_id), []).append(row)
-        taken: list[_Item] = []
-        for (kind, person), group in groups.items():
-            ids = [row.id for row in group]
-            older = session.scalar(
-                select(OutboxMessage.id)
-                .where(
-                    OutboxMessage.recipient_kind == kind,
-                    OutboxMessage.recipient_id == person,
-                    OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
-                    OutboxMessage.id.not_in(ids),
+        claimed: list[list[OutboxMessage]] = []
+        with session.no_autoflush:  # rows of this turn not written yet are not in the way
+            for (kind, person), group in groups.items():
+                written = [row.id for row in group if row.id is not None]
+                older = session.scalar(
+                    select(OutboxMessage.id)
+                    .where(
+                        OutboxMessage.recipient_kind == kind,
+                        OutboxMessage.recipient_id == person,
+                        OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+                        OutboxMessage.id.not_in(written),
+                    )
+                    .limit(1)
                 )
-                .limit(1)
-            )
-            if older is not None:
-                continue
-            first = True
-            for row in sorted(group, key=lambda r: (r.priority, r.id)):
-                row.status = OutboxStatus.SENDING
-                row.claimed_by = self.name
-                row.claimed_until = until
-                item = self._prepare(session, row, now)
-                if item is None:
+                if older is not None:
                     continue
-                if first:
+                # By priority, then in the order written (the sort is stable).
+                group.sort(key=lambda r: r.priority)
+                for row in group:
+                    row.status = OutboxStatus.SENDING
+                    row.claimed_by = self.name
+                    row.claimed_until = until
+                # The first is marked before it is written: one INSERT, no UPDATE after it.
+                group[0].last_error = IN_FLIGHT
+                group[0].attempts += 1
+                claimed.append(group)
+        session.flush()
+        taken: list[_Item] = []
+        for group in claimed:
+            marked: OutboxMessage | None = group[0]
+            for row in group:
+                item = self._to_item(session, row, now)
+                if item is None:
+                    if row is marked:  # settled instead: the mark goes to the next one
+                        marked = None
+                    continue
+                if marked is None:
+                    marked = row
                     row.last_error = IN_FLIGHT
                     row.attempts += 1
-                    item.marked = True
-                    first = False
+                item.marked = row is marked
                 taken.append(item)
         return taken
 
@@ -1047,41 +1106,12 @@ class OutboxSender:
     ) -> list[int]:
         if limit <= 0:
             return []
-        o = OutboxMessage
-        p = aliased(OutboxMessage)
-        due = and_(
-            o.not_before <= now,
-            or_(
-                o.status == OutboxStatus.PENDING,
-                and_(o.status == OutboxStatus.SENDING, o.claimed_until < now),
-            ),
-        )
-        blocked = (
-            select(p.id)
-            .where(
-                p.recipient_kind == o.recipient_kind,
-                p.recipient_id == o.recipient_id,
-                p.id != o.id,
-                or_(
-                    and_(p.status == OutboxStatus.SENDING, p.claimed_until >= now),
-                    and_(
-                        p.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
-                        or_(
-                            p.priority < o.priority,
-                            and_(p.priority == o.priority, p.id < o.id),
-                        ),
-                    ),
-                ),
-            )
-            .exists()
-        )
-        stmt = select(o.id).where(due, ~blocked)
-        if better_than is not None:
-            stmt = stmt.where(o.priority < better_than)
-        stmt = stmt.order_by(o.priority, o.id).limit(limit)
-        if self._postgres:
-            stmt = stmt.with_for_update(skip_locked=True)
-        return list(session.scalars(stmt))
+        key = better_than is not None
+        stmt = self._candidate_stmts.get(key)
+        if stmt is None:
+            stmt = self._candidate_stmts[key] = _candidate_statement(key, self._postgres)
+        params: dict[str, Any] = {"now": now, "limit": limit, "better_than": better_than}
+        return list(session.scalars(stmt, params))
 
     def _expire(self, session: Session, now: datetime) -> None:
         """Rows past `expires_at` are never sent; each is recorded as skipped."""
@@ -1126,6 +1156,11 @@ class OutboxSender:
                 self._settle_unconfirmed(session, row, now)
                 return None
             _log.warning("outbox.resend_critical outbox_id=%d", row.id)
+        return self._to_item(session, row, now)
+
+    def _to_item(self, session: Session, row: OutboxMessage, now: datetime) -> _Item | None:
+        """Decrypt a claimed row for the channel; settle it when it cannot or must not be
+        sent."""
         if row.expires_at is not None and row.expires_at <= now:
             self._cancel_expired(session, row, now)
             return None

@@ -83,6 +83,7 @@ def put(
             priority=priority,
             **kwargs,  # type: ignore[arg-type]
         )
+        session.flush()
         return row.id
 
 
