@@ -25,10 +25,10 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -292,6 +292,21 @@ def _where(exc: BaseException) -> str:
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+# Statements of every turn, built once (building one costs more than running it).
+_SESSION_OF = select(DialogueSession).where(DialogueSession.client_id == bindparam("client_id"))
+_RECENT_CHECKIN = (
+    select(CheckIn)
+    .where(
+        CheckIn.client_id == bindparam("client_id"),
+        CheckIn.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
+        CheckIn.due_at > bindparam("since", type_=CheckIn.due_at.type),
+    )
+    .order_by(CheckIn.due_at.desc(), CheckIn.id.desc())
+    .limit(1)
+)
+_PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
+
+
 class ConversationService:
     """Ties the engine, the NLU and storage together for every channel and for the reminders."""
 
@@ -434,15 +449,13 @@ class ConversationService:
         savepoint the caller's transaction is lost on a duplicate (it is rolled back anyway)."""
         if inbound.update_id is None:
             return
-        row = insert(ProcessedUpdate).values(
-            update_id=inbound.update_id, processed_at=self.clock.now()
-        )
+        row = {"update_id": inbound.update_id, "processed_at": self.clock.now()}
         try:
             if savepoint:
                 with session.begin_nested():
-                    session.execute(row)
+                    session.execute(_PROCESSED, row)
             else:
-                session.execute(row)
+                session.execute(_PROCESSED, row)
         except IntegrityError:
             raise _Duplicate() from None
 
@@ -849,9 +862,7 @@ class ConversationService:
         return found
 
     def _load(self, session: Session, client: Client) -> _State:
-        row = session.scalars(
-            select(DialogueSession).where(DialogueSession.client_id == client.id)
-        ).first()
+        row = session.scalars(_SESSION_OF, {"client_id": client.id}).first()
         if row is None:
             return _State(None)
         try:
@@ -872,9 +883,7 @@ class ConversationService:
         encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
         row = state.row
         if row is None:
-            row = session.scalars(
-                select(DialogueSession).where(DialogueSession.client_id == client.id)
-            ).first()
+            row = session.scalars(_SESSION_OF, {"client_id": client.id}).first()
         flow = state.session.flow if state.session else ""
         version = state.session.version if state.session else None
         if row is None:
@@ -1011,14 +1020,7 @@ class ConversationService:
     ) -> CheckIn:
         """The check-in she is answering: the one sent last, or the one she began answering."""
         recent = session.scalars(
-            select(CheckIn)
-            .where(
-                CheckIn.client_id == client.id,
-                CheckIn.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
-                CheckIn.due_at > now - _CHECKIN_WINDOW,
-            )
-            .order_by(CheckIn.due_at.desc(), CheckIn.id.desc())
-            .limit(1)
+            _RECENT_CHECKIN, {"client_id": client.id, "since": now - _CHECKIN_WINDOW}
         ).first()
         if (
             recent is not None

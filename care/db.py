@@ -170,18 +170,24 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+_INSERT_NEW: dict[tuple[str, Any], Insert] = {}
+
+
 def insert_new(session: Session, model: type[Any], **values: Any) -> None:
     """Insert a row unless one with the same unique key is there already (one statement, no
     savepoint: ON CONFLICT DO NOTHING on both SQLite and PostgreSQL)."""
     dialect = session.get_bind().dialect.name
-    stmt: Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(model).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(model).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported (make_engine)
-        raise DatabaseUnavailable(f"unsupported database dialect {dialect}")
-    session.execute(stmt)
+    stmt = _INSERT_NEW.get((dialect, model))
+    if stmt is None:
+        table = model.__table__
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        else:  # pragma: no cover - only SQLite and PostgreSQL are supported (make_engine)
+            raise DatabaseUnavailable(f"unsupported database dialect {dialect}")
+        _INSERT_NEW[(dialect, model)] = stmt
+    session.execute(stmt, values)
 
 
 @contextmanager

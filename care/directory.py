@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -275,18 +275,22 @@ def link_chat(session: Session, vault: Vault, code: str, chat_id: int) -> Linked
     return Linked(None, client)
 
 
+# Built once: building a statement costs more than running it on the hot path of every turn.
+_CLIENT_BY_CHAT = select(Client).where(Client.chat_index == bindparam("index"))
+_CLIENT_BY_CHAT_LOCKED = _CLIENT_BY_CHAT.with_for_update()
+_WORKER_BY_CHAT = select(Worker).where(Worker.chat_index == bindparam("index"))
+
+
 def find_by_chat(session: Session, keyring: KeyRing, chat_id: int, *, lock: bool = False) -> Linked:
     """The worker or client bound to this chat (both None when nobody is). A chat belongs to
     one person at most (`link_chat`), so she, the common case, is looked for first. With
     `lock`, her row is locked for the rest of the transaction (PostgreSQL: FOR UPDATE)."""
-    index = chat_index(keyring, chat_id)
-    clients = select(Client).where(Client.chat_index == index)
-    if lock:
-        clients = clients.with_for_update()
-    client = session.scalars(clients).first()
+    params = {"index": chat_index(keyring, chat_id)}
+    clients = _CLIENT_BY_CHAT_LOCKED if lock else _CLIENT_BY_CHAT
+    client = session.scalars(clients, params).first()
     if client is not None:
         return Linked(None, client)
-    worker = session.scalars(select(Worker).where(Worker.chat_index == index)).first()
+    worker = session.scalars(_WORKER_BY_CHAT, params).first()
     return Linked(worker, None)
 
 

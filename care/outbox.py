@@ -33,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Integer, Select, and_, bindparam, or_, select, update
+from sqlalchemy import Integer, Select, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
@@ -551,6 +551,46 @@ class _GroupCommit:
         return outcomes
 
 
+_OPEN_FOR_PERSON = (
+    select(OutboxMessage.id)
+    .where(
+        OutboxMessage.recipient_kind == bindparam("kind"),
+        OutboxMessage.recipient_id == bindparam("person"),
+        OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+        OutboxMessage.id.not_in(bindparam("written", expanding=True)),
+    )
+    .limit(1)
+)
+"""A row still open for this person, other than `written` (built once: see `take`)."""
+
+
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+_MINE = and_(
+    _OUTBOX.c.id == bindparam("row_id"),
+    _OUTBOX.c.status == OutboxStatus.SENDING,
+    _OUTBOX.c.claimed_by == bindparam("sender"),
+)
+_MARK_IN_FLIGHT = (
+    update(_OUTBOX)
+    .where(_MINE)
+    .values(last_error=IN_FLIGHT, attempts=_OUTBOX.c.attempts + 1, claimed_until=bindparam("until"))
+)
+"""A claimed row goes to the channel now (parameters `row_id`, `sender`, `until`)."""
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(_MINE)
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=bindparam("now"),
+        last_error=None,
+        claimed_until=None,
+        channel_message_id=bindparam("first"),
+    )
+)
+"""A claimed row was sent (parameters `row_id`, `sender`, `now` and `first`, the id of the
+first message it created)."""
+
+
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
     """Due rows that nothing is waiting ahead of for the same person, best priority first
     (parameters `now`, `limit` and, when `better`, `better_than`). Built once per sender:
@@ -720,14 +760,7 @@ class OutboxSender:
             for (kind, person), group in groups.items():
                 written = [row.id for row in group if row.id is not None]
                 older = session.scalar(
-                    select(OutboxMessage.id)
-                    .where(
-                        OutboxMessage.recipient_kind == kind,
-                        OutboxMessage.recipient_id == person,
-                        OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
-                        OutboxMessage.id.not_in(written),
-                    )
-                    .limit(1)
+                    _OPEN_FOR_PERSON, {"kind": kind, "person": person, "written": written}
                 )
                 if older is not None:
                     continue
@@ -1226,20 +1259,9 @@ class OutboxSender:
         return row
 
     def _mark_in_flight(self, session: Session, row_id: int) -> bool:
-        now = self.clock.now()
+        until = self.clock.now() + timedelta(seconds=self.options.claim_seconds)
         result = session.execute(
-            update(OutboxMessage)
-            .where(
-                OutboxMessage.id == row_id,
-                OutboxMessage.status == OutboxStatus.SENDING,
-                OutboxMessage.claimed_by == self.name,
-            )
-            .values(
-                last_error=IN_FLIGHT,
-                attempts=OutboxMessage.attempts + 1,
-                claimed_until=now + timedelta(seconds=self.options.claim_seconds),
-            )
-            .execution_options(synchronize_session=False)
+            _MARK_IN_FLIGHT, {"row_id": row_id, "sender": self.name, "until": until}
         )
         return bool(getattr(result, "rowcount", 0))
 
@@ -1267,21 +1289,9 @@ class OutboxSender:
         """The row is sent; the message ids it created in her chat are recorded, so that wipe
         and auto-delete can remove them."""
         now = self.clock.now()
+        first = delivered.message_ids[0] if delivered.message_ids else None
         result = session.execute(
-            update(OutboxMessage)
-            .where(
-                OutboxMessage.id == item.row_id,
-                OutboxMessage.status == OutboxStatus.SENDING,
-                OutboxMessage.claimed_by == self.name,
-            )
-            .values(
-                status=OutboxStatus.SENT,
-                sent_at=now,
-                last_error=None,
-                claimed_until=None,
-                channel_message_id=delivered.message_ids[0] if delivered.message_ids else None,
-            )
-            .execution_options(synchronize_session=False)
+            _MARK_SENT, {"row_id": item.row_id, "sender": self.name, "now": now, "first": first}
         )
         if not getattr(result, "rowcount", 0):
             _log.warning("outbox.claim_lost_after_send outbox_id=%d", item.row_id)
