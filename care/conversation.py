@@ -433,14 +433,13 @@ class ConversationService:
     def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
         """Read-only first look: who, their id and language. (A duplicate update is found by
         the turn; until then it costs one look and one NLU reading.)"""
-        with self.care.sessions() as session:
-            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
-            if linked.worker is not None:
-                return "worker", linked.worker.id, linked.worker.language
-            client = linked.client
-            if client is None:
-                return "nobody", 0, inbound.language or self.settings.default_language
-            return "client", client.id, client.language
+        # Autocommit: one statement, no transaction to begin and end (on SQLite it need not
+        # wait for the turn of the writers, see `care.db.SqliteTurns`).
+        with self.care.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            found = directory.look_up_chat(conn, self.care.keyring, inbound.chat_id)
+        if found is None:
+            return "nobody", 0, inbound.language or self.settings.default_language
+        return found
 
     def _mark_processed(
         self, session: Session, inbound: Inbound, *, savepoint: bool = False

@@ -18,7 +18,7 @@ from typing import Any
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Insert, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError
@@ -64,9 +64,14 @@ class SqliteTurns:
         self._owner: int | None = None
         self.patience = patience
 
-    def take(self, info: dict[Any, Any]) -> None:
-        """At BEGIN: wait for the turn (once per connection checkout)."""
+    def take(self, connection: Connection) -> None:
+        """At BEGIN: wait for the turn (once per connection checkout). A connection in
+        autocommit mode reads one statement at a time and never upgrades to a writer, so it
+        does not wait."""
+        info = connection.info
         if info.get(self.KEY) or self._owner == threading.get_ident():
+            return
+        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             return
         if not self._lock.acquire(timeout=self.patience):
             log.warning("db.sqlite_turn_not_free waited=%ss", self.patience)
@@ -115,7 +120,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         turns = SqliteTurns()
-        event.listen(engine, "begin", lambda connection: turns.take(connection.info))
+        event.listen(engine, "begin", turns.take)
         event.listen(engine.pool, "checkin", lambda _dbapi, record: turns.give_back(record.info))
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

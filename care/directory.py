@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -292,6 +293,25 @@ def find_by_chat(session: Session, keyring: KeyRing, chat_id: int, *, lock: bool
         return Linked(None, client)
     worker = session.scalars(_WORKER_BY_CHAT, params).first()
     return Linked(worker, None)
+
+
+_CLIENT_LOOK = select(Client.id, Client.language).where(Client.chat_index == bindparam("index"))
+_WORKER_LOOK = select(Worker.id, Worker.language).where(Worker.chat_index == bindparam("index"))
+
+
+def look_up_chat(
+    connection: Connection, keyring: KeyRing, chat_id: int
+) -> tuple[Literal["client", "worker"], int, str] | None:
+    """Who this chat belongs to (kind, id, language), or None: a read of two columns, for a
+    first look before a turn (the turn itself reads her again, in its transaction)."""
+    params = {"index": chat_index(keyring, chat_id)}
+    client = connection.execute(_CLIENT_LOOK, params).first()
+    if client is not None:
+        return "client", client.id, client.language
+    worker = connection.execute(_WORKER_LOOK, params).first()
+    if worker is not None:
+        return "worker", worker.id, worker.language
+    return None
 
 
 def chat_id_of(session: Session, vault: Vault, person: Worker | Client) -> int | None:

@@ -82,6 +82,42 @@ def test_sqlite_transactions_of_one_process_take_turns(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_an_autocommit_read_does_not_wait_for_a_writers_turn(tmp_path: Path) -> None:
+    """The first look at a text (who wrote it) must not queue behind other girls' turns."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'look.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+    writing = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def writer() -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+            writing.set()
+            release.wait(10)
+
+    def reader() -> None:
+        writing.wait(5)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            seen.append(connection.exec_driver_sql("SELECT count(*) FROM t").scalar_one())
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    threads[1].join(5)
+    done_while_writing = not threads[1].is_alive()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert done_while_writing, "the read waited for the writer's turn"
+    assert seen == [1], "it saw what was committed, not the write in progress"
+    with engine.begin() as connection:  # and the turns still work after it
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2
+    engine.dispose()
+
+
 def test_sqlite_many_writers_at_once_all_land(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'many.db'}")
     with engine.begin() as connection:
