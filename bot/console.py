@@ -91,6 +91,10 @@ class ConsoleChannel:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def note(self, text: str) -> None:
+        """A word from the console itself (not from the bot)."""
+        self._print(text)
+
     def show_direct(self, text: str) -> None:
         """A text the service answered directly (to a chat nobody is linked to)."""
         self._print("🤖 " + text)
@@ -296,7 +300,15 @@ def _inbound(line: str, channel: ConsoleChannel) -> Inbound | None:
     elif line[:1] == "w" and line[1:].isdigit():
         chat, line = CONSOLE_WORKER_CHAT, line[1:]
     buttons = channel.buttons.get(chat, ())
-    if line.isdigit() and 1 <= int(line) <= len(buttons):
+    if line.isdigit() and buttons:
+        if not 1 <= int(line) <= len(buttons):
+            # A slip of the finger, not a message: it must not become her nickname.
+            mark = "w" if chat == CONSOLE_WORKER_CHAT else ""
+            channel.note(
+                f"(geen knop {mark}{line}: kies {mark}1–{mark}{len(buttons)} / "
+                f"no button {mark}{line}: choose {mark}1–{mark}{len(buttons)})"
+            )
+            return None
         return Inbound(
             chat_id=chat, kind="choice", update_id=None, choice_id=buttons[int(line) - 1].id
         )

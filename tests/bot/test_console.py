@@ -54,6 +54,7 @@ async def test_the_console_demo_end_to_end(care_ctx: Care) -> None:
     script.feed(
         "hallo",  # not enrolled yet: the neutral answer
         start_line,
+        "7",  # there is no button 7: a hint, and nothing is sent
         "1",  # Nederlands
         "1",  # Ja, prima
         "Sam",
@@ -74,6 +75,7 @@ async def test_the_console_demo_end_to_end(care_ctx: Care) -> None:
     assert "🤖 Hoi! Deze chat is niet actief." in shown
     assert "🤖 Hoi! 👋 Fijn dat je er bent." in shown
     assert "[1] Nederlands  [2] English" in shown
+    assert "(geen knop 7: kies 1–2 / no button 7: choose 1–2)" in shown
     assert "Dank je! Zo noem ik je vanaf nu." in shown
     assert "🤖 Hoi Sam! Hoe gaat het vandaag?" in shown
     assert "👩‍💼 🟡 Normaal — demo" in shown, "the worker's alert shows in the same terminal"
