@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -309,3 +310,20 @@ async def test_a_text_without_placeholders_does_not_read_her_appointments(
     assert world.to_client(), "she got an answer"
     assert statements, "the turn ran"
     assert not [s for s in statements if "FROM appointments" in s]
+
+
+async def test_a_double_tap_is_one_answer(world: World) -> None:
+    """Two presses of the same button at once (a double tap): her turns take turns on her row,
+    so the second finds the question answered and gets the gentle re-ask."""
+    await enrolled(world)
+    await world.command("checkin")
+    button = world.to_client()[-1].button("Niet zo goed")
+    await asyncio.gather(
+        *(
+            world.service.handle(world.inbound(CLIENT_CHAT, "choice", choice_id=button))
+            for _ in "ab"
+        )
+    )
+    texts = [sent.text for sent in world.to_client()]
+    assert sum("niet zo goed gaat" in text for text in texts) == 1, texts
+    assert sum(text.startswith("Die knop hoort bij een eerder bericht") for text in texts) == 1
