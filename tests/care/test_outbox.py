@@ -593,6 +593,38 @@ async def test_a_turn_hands_its_replies_over_without_a_claim(
     assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
 
 
+async def test_a_turns_replies_are_written_once_already_taken(
+    care_ctx: Care, people: People
+) -> None:
+    """The replies are INSERTed once, written claimed and (the first) marked in flight: no UPDATE
+    of the outbox in the turn, and no commit of its own before it goes."""
+    channel = FakeChannel()
+    sender = await _waiting_sender(care_ctx, channel)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.split()[0] + " " + statement.split()[2])
+
+    event.listen(care_ctx.engine, "before_cursor_execute", seen)
+    try:
+        ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+    finally:
+        event.remove(care_ctx.engine, "before_cursor_execute", seen)
+    assert "INSERT outbox" in statements, statements  # one per row, or one for both
+    assert not [s for s in statements if s.startswith("UPDATE")], statements
+    first, second = (row(care_ctx, i) for i in ids)
+    assert (first.status, first.last_error, first.attempts) == (
+        OutboxStatus.SENDING,
+        IN_FLIGHT,
+        1,
+    )
+    assert (second.status, second.last_error, second.attempts) == (OutboxStatus.SENDING, None, 0)
+    sender.adopt(taken)
+    await channel.wait_for(2, timeout=3)
+    await sender.stop()
+    assert channel.delivered_ids() == ids
+
+
 async def test_a_reply_behind_an_older_open_row_is_left_to_the_claim(
     care_ctx: Care, people: People
 ) -> None:
