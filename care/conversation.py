@@ -55,6 +55,7 @@ from care.models import (
     Worker,
 )
 from care.settings import WEEKDAYS, Settings
+from care.texts import pick
 from care.workers import WorkerDesk, format_when
 from dialogues import (
     ChoiceInput,
@@ -217,8 +218,7 @@ _NOTICES: dict[str, dict[str, str]] = {
 
 def text_for(key: str, lang: str, **values: Any) -> str:
     """A text of the service in a language (Dutch when the language is unknown)."""
-    texts = _TEXTS[key]
-    return (texts.get(lang) or texts["nl"]).format(**values)
+    return pick(_TEXTS, key, lang, **values)
 
 
 def notice_text(reason: str, alias: str, lang: str) -> str:

@@ -34,6 +34,7 @@ from care.models import (
     Worker,
 )
 from care.settings import Settings
+from care.texts import pick
 from care.vault import Vault
 
 SILENT_REASONS: frozenset[str] = frozenset({"duress"})
@@ -138,8 +139,7 @@ _TEXTS: dict[str, dict[str, str]] = {
 
 
 def _t(key: str, lang: str, **values: Any) -> str:
-    texts = _TEXTS[key]
-    return (texts.get(lang) or texts["nl"]).format(**values)
+    return pick(_TEXTS, key, lang, **values)
 
 
 def first_name(worker: Worker) -> str:

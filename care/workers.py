@@ -50,6 +50,7 @@ from care.models import (
     Worker,
     WorkerRole,
 )
+from care.texts import pick
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +324,7 @@ def _skip_line(kind: str, reason: str, lang: str) -> str:
 
 
 def _t(key: str, lang: str, **values: Any) -> str:
-    texts = _T[key]
-    return (texts.get(lang) or texts["nl"]).format(**values)
+    return pick(_T, key, lang, **values)
 
 
 def parse_when(date: str, clock_time: str, timezone: str) -> datetime:
