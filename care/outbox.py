@@ -593,8 +593,8 @@ first message it created)."""
 
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
     """Due rows that nothing is waiting ahead of for the same person, best priority first
-    (parameters `now`, `limit` and, when `better`, `better_than`). Built once per sender:
-    building it costs more than running it."""
+    (parameters `now`, `limit` and, when `better`, `better_than`). Built once, when a sender
+    is made: building it costs more than running it."""
     o = OutboxMessage
     p = aliased(OutboxMessage)
     now = bindparam("now", type_=o.not_before.type)
@@ -672,7 +672,10 @@ class OutboxSender:
         self._overall_rate = overall
         self._arm_latencies: collections.deque[tuple[float, float]] = collections.deque()
         self._postgres = care.engine.dialect.name == "postgresql"
-        self._candidate_stmts: dict[bool, Select[int]] = {}
+        # key: whether the query looks only for rows better than a given priority
+        self._candidate_stmts = {
+            better: _candidate_statement(better, self._postgres) for better in (False, True)
+        }
         self._protect = care.settings.privacy.protect_content
         self._queue: list[_Item] = []  # claimed, not yet armed; sorted by (priority, id)
         self._ahead: dict[int, _Item] = {}  # being armed or armed, not yet fired
@@ -1139,10 +1142,7 @@ class OutboxSender:
     ) -> list[int]:
         if limit <= 0:
             return []
-        key = better_than is not None
-        stmt = self._candidate_stmts.get(key)
-        if stmt is None:
-            stmt = self._candidate_stmts[key] = _candidate_statement(key, self._postgres)
+        stmt = self._candidate_stmts[better_than is not None]
         params: dict[str, Any] = {"now": now, "limit": limit, "better_than": better_than}
         return list(session.scalars(stmt, params))
 
