@@ -151,6 +151,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a Rasa log (startup and errors only: it never logs parsed texts)."""
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError as error:
+        return f"(the log could not be read: {error.strerror})"
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
+
+
 class RasaServer:
     """One `rasa run --enable-api` process on 127.0.0.1, for tests, evaluation and serve.sh."""
 
@@ -178,17 +187,25 @@ class RasaServer:
             "--port", str(self.port),
         ]  # fmt: skip
         self._workdir = tempfile.TemporaryDirectory(prefix="aftercare-rasa-run-")
-        if self.log_file is not None:
-            self._log = open(self.log_file, "ab")  # noqa: SIM115  (closed in stop())
-        log = self._log if self._log is not None else subprocess.DEVNULL
+        log_path = self.log_file or Path(self._workdir.name) / "server.log"
+        self._log = open(log_path, "ab")  # noqa: SIM115  (closed in stop())
         self._process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
-            command, cwd=self._workdir.name, env=rasa_process_env(), stdout=log, stderr=log
+            command,
+            cwd=self._workdir.name,
+            env=rasa_process_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            code = self._process.poll()
+            if code is not None:
+                tail = log_tail(log_path)
                 self.stop()
-                raise RasaEnvironmentError(f"The Rasa server on port {self.port} exited early.")
+                raise RasaEnvironmentError(
+                    f"The Rasa server on port {self.port} exited early with exit code {code}. "
+                    f"The last lines of its log:\n{tail}"
+                )
             try:
                 if httpx.get(
                     self.url + "/status", params={"token": self.token}, timeout=2
@@ -197,8 +214,12 @@ class RasaServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        tail = log_tail(log_path)
         self.stop()
-        raise RasaEnvironmentError(f"The Rasa server on port {self.port} did not start in time.")
+        raise RasaEnvironmentError(
+            f"The Rasa server on port {self.port} did not answer within {timeout_s:.0f} s. "
+            f"The last lines of its log:\n{tail}"
+        )
 
     def stop(self) -> None:
         """Stop the server (politely, then firmly) and remove its working folder."""

@@ -8,7 +8,7 @@ import pytest
 
 from nlu import NluConfig, RasaEnvironmentError
 from nlu.config import parse_rasa_urls
-from nlu.rasa_env import model_path, pipeline_config, rasa_bin, rasa_venv
+from nlu.rasa_env import RasaServer, free_port, model_path, pipeline_config, rasa_bin, rasa_venv
 
 
 def test_one_url_serves_every_language() -> None:
@@ -42,3 +42,22 @@ def test_a_missing_environment_says_how_to_make_it(monkeypatch: pytest.MonkeyPat
     assert rasa_venv() == Path("/nonexistent/rasa-env")
     with pytest.raises(RasaEnvironmentError, match="make rasa"):
         rasa_bin()
+
+
+def test_a_server_that_exits_at_once_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    venv = tmp_path / "rasa-env"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "rasa"
+    fake.write_text("#!/bin/sh\necho 'OSError: [Errno 98] address already in use' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    (venv / ".aftercare-rasa-complete").write_text("test")
+    monkeypatch.setenv("AFTERCARE_RASA_VENV", str(venv))
+    server = RasaServer(tmp_path / "model.tar.gz", free_port(), "s3cr3t-value")
+    with pytest.raises(RasaEnvironmentError) as raised:
+        server.start(timeout_s=30)
+    message = str(raised.value)
+    assert "exit code 3" in message
+    assert "address already in use" in message
+    assert "s3cr3t-value" not in message
