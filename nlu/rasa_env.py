@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,6 +35,8 @@ PIPELINE_CONFIG = RASA_DIR / "config.yml"
 MARKER = ".aftercare-rasa-complete"
 
 LineSink = Callable[[str], None]
+
+log = logging.getLogger(__name__)
 
 
 def rasa_venv() -> Path:
@@ -144,8 +148,29 @@ def run_streaming(command: list[str], cwd: Path, on_line: LineSink | None) -> No
         )
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral range.
+
+    A server that takes seconds to start (Rasa loads TensorFlow) must not get a port from the
+    range the kernel hands to outgoing connections: in the meantime a client socket may take
+    it (even our own `/status` probe, connecting to itself), and the server's bind then fails.
+    """
+    try:
+        low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    chooser = random.SystemRandom()
+    for _ in range(100):
+        port = chooser.randrange(10_000, max(low, 10_001))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -160,12 +185,25 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
 
 
-class RasaServer:
-    """One `rasa run --enable-api` process on 127.0.0.1, for tests, evaluation and serve.sh."""
+class _PortTaken(Exception):
+    """The server could not bind its port (someone took it after `free_port` chose it)."""
 
-    def __init__(self, model: Path, port: int, token: str, log_file: Path | None = None) -> None:
+
+class RasaServer:
+    """One `rasa run --enable-api` process on 127.0.0.1, for tests, evaluation and serve.sh.
+
+    With `port=None` it takes a free port, and another one if the port was taken before
+    Rasa could bind it (up to `PORT_ATTEMPTS` times).
+    """
+
+    PORT_ATTEMPTS = 3
+
+    def __init__(
+        self, model: Path, port: int | None, token: str, log_file: Path | None = None
+    ) -> None:
         self.model = model
-        self.port = port
+        self._choose_port = port is None
+        self.port = free_port() if port is None else port
         self.token = token
         self.log_file = log_file
         self._process: subprocess.Popen[bytes] | None = None
@@ -178,7 +216,19 @@ class RasaServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 180.0) -> None:
-        """Start the server and wait until `/version` answers; raise if it does not in time."""
+        """Start the server and wait until `/status` answers; raise if it does not in time."""
+        attempts = self.PORT_ATTEMPTS if self._choose_port else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout_s)
+                return
+            except _PortTaken as taken:
+                if attempt == attempts:
+                    raise RasaEnvironmentError(str(taken)) from None
+                log.warning("rasa.port_taken port=%s attempt=%s", self.port, attempt)
+                self.port = free_port()
+
+    def _start_once(self, timeout_s: float) -> None:
         command = [
             str(rasa_bin()), "run", "--enable-api",
             "--auth-token", self.token,
@@ -202,10 +252,13 @@ class RasaServer:
             if code is not None:
                 tail = log_tail(log_path)
                 self.stop()
-                raise RasaEnvironmentError(
+                message = (
                     f"The Rasa server on port {self.port} exited early with exit code {code}. "
                     f"The last lines of its log:\n{tail}"
                 )
+                if "address already in use" in tail.lower():
+                    raise _PortTaken(message)
+                raise RasaEnvironmentError(message)
             try:
                 if httpx.get(
                     self.url + "/status", params={"token": self.token}, timeout=2
@@ -249,6 +302,6 @@ class RasaServer:
 @contextmanager
 def rasa_server(model: Path, token: str, port: int | None = None) -> Iterator[RasaServer]:
     """A running Rasa server for `model` on a free port; stopped on exit."""
-    server = RasaServer(model, port or free_port(), token)
+    server = RasaServer(model, port, token)
     with server:
         yield server

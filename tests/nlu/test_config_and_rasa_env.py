@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nlu import NluConfig, RasaEnvironmentError
@@ -44,16 +46,38 @@ def test_a_missing_environment_says_how_to_make_it(monkeypatch: pytest.MonkeyPat
         rasa_bin()
 
 
-def test_a_server_that_exits_at_once_says_why(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    venv = tmp_path / "rasa-env"
+FAKE_RASA = """#!{python}
+import http.server, pathlib, sys
+calls = pathlib.Path(sys.argv[0]).with_name("calls")
+calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
+if len(calls.read_text()) <= {failures}:
+    print("OSError: [Errno 98] error while attempting to bind: address already in use")
+    sys.exit(3)
+class Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+port = int(sys.argv[sys.argv.index("--port") + 1])
+http.server.HTTPServer(("127.0.0.1", port), Status).serve_forever()
+"""
+
+
+def fake_rasa(monkeypatch: pytest.MonkeyPatch, folder: Path, failures: int) -> Path:
+    """A stand-in `rasa` that fails to bind its port `failures` times, then serves /status."""
+    venv = folder / "rasa-env"
     (venv / "bin").mkdir(parents=True)
     fake = venv / "bin" / "rasa"
-    fake.write_text("#!/bin/sh\necho 'OSError: [Errno 98] address already in use' >&2\nexit 3\n")
+    fake.write_text(FAKE_RASA.format(python=sys.executable, failures=failures))
     fake.chmod(0o755)
     (venv / ".aftercare-rasa-complete").write_text("test")
     monkeypatch.setenv("AFTERCARE_RASA_VENV", str(venv))
+    return venv / "bin" / "calls"
+
+
+def test_a_server_that_exits_at_once_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = fake_rasa(monkeypatch, tmp_path, failures=5)
     server = RasaServer(tmp_path / "model.tar.gz", free_port(), "s3cr3t-value")
     with pytest.raises(RasaEnvironmentError) as raised:
         server.start(timeout_s=30)
@@ -61,3 +85,18 @@ def test_a_server_that_exits_at_once_says_why(
     assert "exit code 3" in message
     assert "address already in use" in message
     assert "s3cr3t-value" not in message
+    assert calls.read_text() == "x", "a port the caller chose is not changed"
+
+
+def test_a_server_on_a_port_of_its_own_choosing_takes_another_when_it_is_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = fake_rasa(monkeypatch, tmp_path, failures=1)
+    with RasaServer(tmp_path / "model.tar.gz", None, "s3cr3t-value") as server:
+        assert httpx.get(server.url + "/status").is_success
+    assert calls.read_text() == "xx"
+
+
+def test_free_ports_are_below_the_range_of_outgoing_connections() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10_000 <= free_port() < low for _ in range(20))

@@ -16,7 +16,7 @@ import pytest
 
 from nlu import BackendUnavailable, NluConfig, build_nlu
 from nlu.rasa_backend import RasaBackend
-from nlu.rasa_env import RasaServer, free_port, train_model
+from nlu.rasa_env import RasaServer, train_model
 
 pytestmark = pytest.mark.rasa
 
@@ -29,7 +29,7 @@ def rasa_model(model_cache: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(rasa_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RasaServer]:
     log = tmp_path_factory.mktemp("rasa") / "server.log"
-    running = RasaServer(rasa_model, free_port(), secrets.token_urlsafe(16), log_file=log)
+    running = RasaServer(rasa_model, None, secrets.token_urlsafe(16), log_file=log)
     running.start()
     yield running
     running.stop()
