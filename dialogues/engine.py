@@ -284,10 +284,12 @@ def _idle(
     if isinstance(input, TimeoutInput):
         return Step(session, ())
     events: list[Event] = []
+    node = None
     if isinstance(input, ChoiceInput):
         events.append(Say(_text(triggers.texts.stale_choice, session.lang, context)))
+        node = triggers.stale_choice_node
     fallback = flows.active(triggers.not_understood)
-    step = start(fallback, context, session.lang, flows=flows, turn=session.turn)
+    step = start(fallback, context, session.lang, flows=flows, node=node, turn=session.turn)
     return Step(step.session, (*events, *step.events))
 
 

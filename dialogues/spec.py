@@ -273,6 +273,9 @@ class TriggersSpec(_Model):
     intents: tuple[IntentTrigger, ...] = ()
     safety: tuple[SafetyTrigger, ...]
     not_understood: Id
+    stale_choice_node: Id | None = None
+    """Where in the `not_understood` flow an old button lands while no question waits (her
+    tap was understood, only too late): default its start."""
     texts: EngineTexts
 
 

@@ -621,6 +621,17 @@ def _lint_triggers(
                 )
             )
     target(("not_understood",), spec.not_understood, None)
+    stale = spec.stale_choice_node
+    if stale is not None and spec.not_understood in specs:
+        entries[spec.not_understood].add(stale)
+        if stale not in specs[spec.not_understood].nodes:
+            out.append(
+                source.finding(
+                    ("stale_choice_node",),
+                    f"flow '{spec.not_understood}' has no node '{stale}'",
+                    f"name a node of the flow '{spec.not_understood}', or leave the key out",
+                )
+            )
     for name in ("stale_choice", "reask"):
         text = getattr(spec.texts, name)
         out += _lint_text(source, ("texts", name), text, LANGUAGES, discreet=True)

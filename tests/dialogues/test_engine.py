@@ -122,6 +122,22 @@ def test_a_button_of_another_flow_with_the_same_id_is_stale(library: Library) ->
     assert not any(type(event).__name__ == "Wipe" for event in after.events)
 
 
+def test_an_old_button_after_the_flow_ended_says_so_and_offers_the_menu(
+    library: Library,
+) -> None:
+    checkin = start(library.active("checkin"), CONTEXT, "en", flows=library)
+    old = _first_choice(checkin.events, "good")
+    ended = start(library.active("fallback"), CONTEXT, "en", flows=library, node="thanks")
+    assert ended.session.node is None
+    after = resume(ended.session, ChoiceInput(old), library, CONTEXT)
+    texts = [event.text for event in after.events if isinstance(event, Say)]
+    assert texts[0] == "That button belongs to an earlier message."
+    assert not any("didn't quite get that" in text for text in texts)
+    assert texts[-1] == "What can I do for you?"
+    last = after.events[-1]
+    assert isinstance(last, Say) and last.choices
+
+
 def test_a_running_conversation_keeps_its_version(library: Library) -> None:
     old = library.active("checkin")
     step = start(old, CONTEXT, "nl", flows=library)

@@ -103,3 +103,19 @@ def test_triggers_pointing_at_missing_flows_are_errors(tmp_path: Path) -> None:
         "triggers.yml:18: error: the flow 'languages' does not exist. "
         "Fix: correct the flow id or add the flow"
     ]
+
+
+def test_an_old_button_landing_on_a_missing_node_is_named(tmp_path: Path) -> None:
+    for path in CONTENT_DIR.glob("*.yml"):
+        shutil.copy(path, tmp_path)
+    triggers = tmp_path / "triggers.yml"
+    text = triggers.read_text(encoding="utf-8").replace(
+        "stale_choice_node: menu", "stale_choice_node: menuu"
+    )
+    triggers.write_text(text, encoding="utf-8")
+    line = text.splitlines().index("stale_choice_node: menuu") + 1
+    report = validate_dir(tmp_path, known_intents=INTENTS, display_root=tmp_path)
+    assert [f.format() for f in report.findings] == [
+        f"triggers.yml:{line}: error: flow 'fallback' has no node 'menuu'. "
+        "Fix: name a node of the flow 'fallback', or leave the key out"
+    ]
