@@ -37,7 +37,9 @@ async def _console(alias: str | None) -> None:
 
     root = logging.getLogger()
     if root.level > logging.DEBUG:
-        root.setLevel(logging.WARNING)  # the terminal is her chat; logs only for -v
+        # The terminal is her chat: only errors show on it (-v shows everything). A warning
+        # such as `duress.raised` on her screen would give the silent alarm away.
+        root.setLevel(logging.ERROR)
     parts = build(settings(), care=care())
     try:
         await run_console(parts, sys.stdin, sys.stdout, alias=alias)

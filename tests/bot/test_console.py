@@ -122,6 +122,26 @@ def test_aftercare_chat_creates_the_demo_once(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
     assert codes[0] != codes[1], "a new code each time until she enrolled"
     assert aftercare("org", "list").stdout.count("Demo Het Anker") == 1
+    # The terminal is her phone: her duress word raises the silent alarm, and no log line
+    # about it shows on the screen (logs go to stderr, which is the same terminal).
+    chat = subprocess.Popen(
+        [sys.executable, "-c", "from bot.cli import main; main()", "chat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert chat.stdin is not None and chat.stdout is not None
+    intro = ""
+    while (found := re.search(r"typ  /start (\S+)", intro)) is None:
+        line = chat.stdout.readline()
+        assert line, intro
+        intro += line
+    shown, logged = chat.communicate(f"/start {found.group(1)}\n1\nparaplu\n/quit\n", timeout=120)
+    assert chat.returncode == 0, logged
+    assert "STIL ALARM" in shown
+    assert "duress" not in logged
     env["AFTERCARE_TELEGRAM_TOKEN"] = "123:abc"
     result = aftercare("chat", stdin="/quit\n")
     assert result.returncode == 1 and "AFTERCARE_TELEGRAM_TOKEN is set" in result.stderr
