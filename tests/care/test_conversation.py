@@ -15,6 +15,7 @@ from care.conversation import LazyContext, in_office_hours
 from care.models import (
     Appointment,
     ChatMessage,
+    CheckIn,
     Client,
     ClientStatus,
     OutboxMessage,
@@ -327,3 +328,14 @@ async def test_a_double_tap_is_one_answer(world: World) -> None:
     texts = [sent.text for sent in world.to_client()]
     assert sum("niet zo goed gaat" in text for text in texts) == 1, texts
     assert sum(text.startswith("Die knop hoort bij een eerder bericht") for text in texts) == 1
+
+
+async def test_how_she_is_said_unasked_is_her_check_in_answer(world: World) -> None:
+    await enrolled(world)
+    await world.text("ik voel me echt slecht vandaag")
+    texts = [sent.text for sent in world.pending()]
+    assert texts[0] == "Wat rot dat het niet zo goed gaat. Fijn dat je het eerlijk zegt."
+    assert texts[-1] == "Wil je dat Anna contact met je opneemt?"
+    with world.care.sessions() as session:
+        moods = session.scalars(select(CheckIn.mood).where(CheckIn.client_id == world.client_id))
+        assert list(moods) == ["bad"]
