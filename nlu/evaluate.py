@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from nlu.data import TrainingData
 from nlu.embedded import IntentClassifier, decide
 from nlu.errors import RasaEnvironmentError
-from nlu.rasa_env import RASA_DIR, pipeline_config, rasa_bin, rasa_process_env
+from nlu.rasa_env import RASA_DIR, pipeline_config, rasa_bin, run_streaming
 from nlu.results import DANGER_INTENTS, IntentScore, NluResult, SafetyVerdict
 from nlu.safety import SafetyCheck
 from nlu.service import Nlu, _doubtful_danger
@@ -102,26 +101,14 @@ def run_rasa(data: TrainingData, folds: Folds, progress: Progress | None = None)
         job_file, result_file = Path(work) / "job.json", Path(work) / "result.json"
         job_file.write_text(json.dumps(job), "utf-8")
         command = [str(python), str(RASA_DIR / "crossval.py"), str(job_file), str(result_file)]
-        with subprocess.Popen(  # noqa: S603  (our own fixed command line)
-            command,
-            cwd=work,
-            env=rasa_process_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        ) as process:
-            assert process.stdout is not None
-            tail: list[str] = []
-            for line in process.stdout:
-                tail = [*tail[-19:], line.rstrip()]
-                if progress and line.startswith("fold "):
-                    progress(f"rasa {data.lang}: {line.strip()}")
-            code = process.wait()
-        if code != 0 or not result_file.is_file():
-            raise RasaEnvironmentError(
-                "Rasa cross-validation failed. Its last lines:\n" + "\n".join(tail)
-            )
+
+        def on_line(line: str) -> None:
+            if progress and line.startswith("fold "):
+                progress(f"rasa {data.lang}: {line.strip()}")
+
+        run_streaming(command, Path(work), on_line, what="Rasa cross-validation")
+        if not result_file.is_file():
+            raise RasaEnvironmentError("Rasa cross-validation finished but wrote no result.")
         result = json.loads(result_file.read_text("utf-8"))
     run = Run("rasa", data.lang, [], [], [], [])
     for (_train, test), fold in zip(folds, result["folds"], strict=True):

@@ -124,8 +124,11 @@ def train_model(
     return target
 
 
-def run_streaming(command: list[str], cwd: Path, on_line: LineSink | None) -> None:
-    """Run a Rasa command, passing each output line to `on_line`; raise if it fails."""
+def run_streaming(
+    command: list[str], cwd: Path, on_line: LineSink | None, what: str | None = None
+) -> None:
+    """Run a command in the Rasa environment, passing each output line to `on_line`; raise
+    if it fails, naming it `what` (default: 'rasa <sub-command>') with its last lines."""
     with subprocess.Popen(  # noqa: S603  (our own fixed command line)
         command,
         cwd=cwd,
@@ -144,7 +147,8 @@ def run_streaming(command: list[str], cwd: Path, on_line: LineSink | None) -> No
         code = process.wait()
     if code != 0:
         raise RasaEnvironmentError(
-            f"'rasa {command[1]}' failed with exit code {code}. Its last lines:\n" + "\n".join(tail)
+            f"{what or repr(f'rasa {command[1]}')} failed with exit code {code}. "
+            "Its last lines:\n" + "\n".join(tail)
         )
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from nlu import NluConfig, RasaEnvironmentError
 from nlu.config import parse_rasa_urls
-from nlu.rasa_env import RasaServer, free_port, model_path, pipeline_config, rasa_bin, rasa_venv
+from nlu.rasa_env import (
+    RasaServer,
+    free_port,
+    model_path,
+    pipeline_config,
+    rasa_bin,
+    rasa_venv,
+    run_streaming,
+)
 
 
 def test_one_url_serves_every_language() -> None:
@@ -100,3 +108,17 @@ def test_a_server_on_a_port_of_its_own_choosing_takes_another_when_it_is_taken(
 def test_free_ports_are_below_the_range_of_outgoing_connections() -> None:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert all(10_000 <= free_port() < low for _ in range(20))
+
+
+def test_a_failing_rasa_command_is_named_with_its_last_lines(tmp_path: Path) -> None:
+    lines: list[str] = []
+    script = "print('fold 1/2: training'); print('MemoryError'); raise SystemExit(2)"
+    with pytest.raises(RasaEnvironmentError) as raised:
+        run_streaming(
+            [sys.executable, "-c", script], tmp_path, lines.append, what="Rasa cross-validation"
+        )
+    assert lines == ["fold 1/2: training", "MemoryError"]
+    assert str(raised.value) == (
+        "Rasa cross-validation failed with exit code 2. Its last lines:\n"
+        "fold 1/2: training\nMemoryError"
+    )
