@@ -805,6 +805,7 @@ class ConversationService:
             "alias": nickname if isinstance(nickname, str) else "",
             "has_alias": isinstance(nickname, str) and bool(nickname),
             "office_hours": in_office_hours(now, self.settings),
+            "stopped": client.status is ClientStatus.ENDED,
         }
 
         def worker() -> dict[str, str | bool]:

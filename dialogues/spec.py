@@ -38,7 +38,7 @@ PLACEHOLDERS: frozenset[str] = frozenset(
 )
 """Named placeholders a text may use, filled by the host from the client's context."""
 
-FLAGS: frozenset[str] = frozenset({"office_hours", "has_alias", "has_appointment"})
+FLAGS: frozenset[str] = frozenset({"office_hours", "has_alias", "has_appointment", "stopped"})
 """Context flags a `branch` node may test; the host sets them as booleans."""
 
 SEVERITIES = ("critical", "high", "normal", "low")

@@ -339,3 +339,14 @@ async def test_how_she_is_said_unasked_is_her_check_in_answer(world: World) -> N
     with world.care.sessions() as session:
         moods = session.scalars(select(CheckIn.mood).where(CheckIn.client_id == world.client_id))
         assert list(moods) == ["bad"]
+
+
+async def test_after_stop_her_own_check_in_promises_no_next_time(world: World) -> None:
+    await enrolled(world)
+    await world.command("stop")
+    await world.press(world.to_client()[-1].button("Ja, stoppen"))
+    await world.command("checkin")
+    await world.press(world.to_client()[-1].button("Goed"))
+    await world.press(world.to_client()[-1].button("Ja"))
+    assert world.to_client()[-1].text == "Goed om te horen. Pas goed op jezelf! 👋"
+    assert world.client().status is ClientStatus.ENDED, "asking for a check-in is no restart"
