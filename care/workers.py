@@ -26,8 +26,8 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
@@ -162,6 +162,18 @@ _T: dict[str, dict[str, str]] = {
     "bad_date": {
         "nl": "Die datum of tijd ken ik niet. Schrijf bv. 31-12-2026 14:30 of 2026-12-31 14:30.",
         "en": "I cannot read that date or time. Write e.g. 31-12-2026 14:30 or 2026-12-31 14:30.",
+    },
+    "clock_forward": {
+        "nl": "Die tijd bestaat niet op die dag: de klok gaat dan een uur vooruit ({zone}). "
+        "Kies een andere tijd.",
+        "en": "That time does not exist on that day: the clocks go forward an hour ({zone}). "
+        "Choose another time.",
+    },
+    "clock_back": {
+        "nl": "Die tijd komt op die dag twee keer voor: de klok gaat dan een uur terug ({zone}). "
+        "Kies een andere tijd.",
+        "en": "That time happens twice on that day: the clocks go back an hour ({zone}). "
+        "Choose another time.",
     },
     "past_date": {
         "nl": "Die afspraak ligt in het verleden of meer dan een jaar vooruit.",
@@ -327,15 +339,32 @@ def _t(key: str, lang: str, **values: Any) -> str:
     return pick(_T, key, lang, **values)
 
 
+class ClockChange(InvalidInput):
+    """A local time that the clock change makes impossible ("forward": the hour is skipped)
+    or ambiguous ("back": the hour happens twice). Saved anyway, her reminder would name
+    another time than the worker confirmed."""
+
+    def __init__(self, direction: Literal["forward", "back"]) -> None:
+        super().__init__(f"the clocks go {direction} at that time")
+        self.direction = direction
+
+
 def parse_when(date: str, clock_time: str, timezone: str) -> datetime:
-    """Read DATE TIME in one of `DATE_FORMATS`, as local time in `timezone`; InvalidInput else."""
+    """Read DATE TIME in one of `DATE_FORMATS`, as local time in `timezone`. InvalidInput for
+    another form, ClockChange for a time the clock change skips or repeats."""
     text = f"{date} {clock_time}"
     for form in DATE_FORMATS:
         try:
             naive = datetime.strptime(text, form)
         except ValueError:
             continue
-        return naive.replace(tzinfo=ZoneInfo(timezone))
+        zone = ZoneInfo(timezone)
+        local = naive.replace(tzinfo=zone)
+        if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
+            raise ClockChange("forward")
+        if local.utcoffset() != naive.replace(tzinfo=zone, fold=1).utcoffset():
+            raise ClockChange("back")
+        return local
     raise InvalidInput("use DD-MM-YYYY HH:MM or YYYY-MM-DD HH:MM")
 
 
@@ -713,6 +742,9 @@ class WorkerDesk:
             return
         try:
             starts_at = parse_when(args[1], args[2], client.timezone)
+        except ClockChange as exc:
+            self._say(session, worker, _t(f"clock_{exc.direction}", lang, zone=client.timezone))
+            return
         except InvalidInput:
             self._say(session, worker, _t("bad_date", lang))
             return

@@ -11,7 +11,7 @@ from care import directory
 from care.context import Care
 from care.errors import InvalidInput
 from care.models import Appointment, AuditEntry, CheckIn, Client, ClientStatus, WorkerRole
-from care.workers import mood_chart, parse_when
+from care.workers import ClockChange, mood_chart, parse_when
 from tests.bot.world import WORKER_CHAT, World, make_world
 
 COORDINATOR_CHAT = 5_550_010
@@ -62,6 +62,32 @@ def test_appointment_dates_in_the_documented_forms(
 def test_other_date_forms_are_refused(date: str, time: str) -> None:
     with pytest.raises(InvalidInput):
         parse_when(date, time, "Europe/Amsterdam")
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "direction"),
+    [
+        ("28-03-2027", "02:30", "forward"),  # 02:00 -> 03:00 in Amsterdam
+        ("28-03-2027", "02:00", "forward"),
+        ("31-10-2027", "02:30", "back"),  # 03:00 -> 02:00: 02:30 happens twice
+        ("2027-10-31", "02:00", "back"),
+    ],
+)
+def test_a_time_the_clock_change_skips_or_repeats_is_refused(
+    date: str, time: str, direction: str
+) -> None:
+    with pytest.raises(ClockChange) as raised:
+        parse_when(date, time, "Europe/Amsterdam")
+    assert raised.value.direction == direction
+
+
+def test_the_hours_around_a_clock_change_are_read_as_written() -> None:
+    before = parse_when("28-03-2027", "01:59", "Europe/Amsterdam")
+    after = parse_when("28-03-2027", "03:00", "Europe/Amsterdam")
+    assert after.astimezone(UTC) - before.astimezone(UTC) == timedelta(minutes=1)
+    assert parse_when("31-10-2027", "03:00", "Europe/Amsterdam") == datetime(
+        2027, 10, 31, 2, 0, tzinfo=UTC
+    )
 
 
 async def test_a_worker_lists_her_own_clients_a_coordinator_all(world: World) -> None:
@@ -130,6 +156,10 @@ async def test_appointments_in_the_past_or_unreadable_are_refused(world: World) 
     assert "verleden" in await worker_says(world, "appointment", "roos-1", "01-01-2020", "10:00")
     assert "31-12-2026 14:30" in await worker_says(world, "appointment", "roos-1", "morgen", "10")
     assert "Gebruik" in await worker_says(world, "appointment", "roos-1")
+    skipped = await worker_says(world, "appointment", "roos-1", "28-03-2027", "02:30")
+    assert skipped.startswith("Die tijd bestaat niet op die dag: de klok gaat dan een uur vooruit")
+    twice = await worker_says(world, "appointment", "roos-1", "31-10-2027", "02:30")
+    assert twice.startswith("Die tijd komt op die dag twee keer voor")
 
 
 async def test_send_is_refused_to_someone_who_stopped(world: World) -> None:
