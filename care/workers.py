@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -56,6 +57,11 @@ log = logging.getLogger(__name__)
 
 DATE_FORMATS = ("%d-%m-%Y %H:%M", "%Y-%m-%d %H:%M")
 """The two accepted forms of /appointment's DATE TIME: 31-12-2026 14:30 and 2026-12-31 14:30."""
+DATE_SHAPES = (
+    re.compile(r"\d{1,2}-\d{1,2}-\d{4} \d{1,2}:\d{2}"),
+    re.compile(r"\d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}"),
+)
+"""The digits of `DATE_FORMATS`: text of this shape that does not parse names no real moment."""
 
 PENDING_TTL_SECONDS = 30 * 60
 """How long a worker has to confirm an appointment before it must be sent again."""
@@ -162,6 +168,12 @@ _T: dict[str, dict[str, str]] = {
     "bad_date": {
         "nl": "Die datum of tijd ken ik niet. Schrijf bv. 31-12-2026 14:30 of 2026-12-31 14:30.",
         "en": "I cannot read that date or time. Write e.g. 31-12-2026 14:30 or 2026-12-31 14:30.",
+    },
+    "no_such_date": {
+        "nl": "{date} {time} bestaat niet. Schrijf de dag eerst, tijd 00:00-23:59: "
+        "bv. 31-12-2026 14:30 of 2026-12-31 14:30.",
+        "en": "{date} {time} does not exist. Write the day first, time 00:00-23:59: "
+        "e.g. 31-12-2026 14:30 or 2026-12-31 14:30.",
     },
     "clock_forward": {
         "nl": "Die tijd bestaat niet op die dag: de klok gaat dan een uur vooruit ({zone}). "
@@ -339,6 +351,10 @@ def _t(key: str, lang: str, **values: Any) -> str:
     return pick(_T, key, lang, **values)
 
 
+class NoSuchDate(InvalidInput):
+    """DATE TIME in a documented form, but a day or time that does not exist (31-02, 24:00)."""
+
+
 class ClockChange(InvalidInput):
     """A local time that the clock change makes impossible ("forward": the hour is skipped)
     or ambiguous ("back": the hour happens twice). Saved anyway, her reminder would name
@@ -365,6 +381,8 @@ def parse_when(date: str, clock_time: str, timezone: str) -> datetime:
         if local.utcoffset() != naive.replace(tzinfo=zone, fold=1).utcoffset():
             raise ClockChange("back")
         return local
+    if any(shape.fullmatch(text) for shape in DATE_SHAPES):
+        raise NoSuchDate("no such day or time")
     raise InvalidInput("use DD-MM-YYYY HH:MM or YYYY-MM-DD HH:MM")
 
 
@@ -744,6 +762,11 @@ class WorkerDesk:
             starts_at = parse_when(args[1], args[2], client.timezone)
         except ClockChange as exc:
             self._say(session, worker, _t(f"clock_{exc.direction}", lang, zone=client.timezone))
+            return
+        except NoSuchDate:
+            self._say(
+                session, worker, _t("no_such_date", lang, date=args[1][:16], time=args[2][:8])
+            )
             return
         except InvalidInput:
             self._say(session, worker, _t("bad_date", lang))

@@ -11,7 +11,7 @@ from care import directory
 from care.context import Care
 from care.errors import InvalidInput
 from care.models import Appointment, AuditEntry, CheckIn, Client, ClientStatus, WorkerRole
-from care.workers import ClockChange, mood_chart, parse_when
+from care.workers import ClockChange, NoSuchDate, mood_chart, parse_when
 from tests.bot.world import WORKER_CHAT, World, make_world
 
 COORDINATOR_CHAT = 5_550_010
@@ -61,6 +61,20 @@ def test_appointment_dates_in_the_documented_forms(
 )
 def test_other_date_forms_are_refused(date: str, time: str) -> None:
     with pytest.raises(InvalidInput):
+        parse_when(date, time, "Europe/Amsterdam")
+
+
+@pytest.mark.parametrize(
+    ("date", "time"),
+    [
+        ("31-02-2027", "10:00"),
+        ("2027-13-01", "10:00"),
+        ("01-03-2027", "24:00"),
+        ("1-3-2027", "9:60"),
+    ],
+)
+def test_a_day_or_time_that_does_not_exist_is_named_so(date: str, time: str) -> None:
+    with pytest.raises(NoSuchDate):
         parse_when(date, time, "Europe/Amsterdam")
 
 
@@ -156,6 +170,10 @@ async def test_appointments_in_the_past_or_unreadable_are_refused(world: World) 
     assert "verleden" in await worker_says(world, "appointment", "roos-1", "01-01-2020", "10:00")
     assert "31-12-2026 14:30" in await worker_says(world, "appointment", "roos-1", "morgen", "10")
     assert "Gebruik" in await worker_says(world, "appointment", "roos-1")
+    assert await worker_says(world, "appointment", "roos-1", "31-02-2027", "10:00") == (
+        "31-02-2027 10:00 bestaat niet. Schrijf de dag eerst, tijd 00:00-23:59: "
+        "bv. 31-12-2026 14:30 of 2026-12-31 14:30."
+    )
     skipped = await worker_says(world, "appointment", "roos-1", "28-03-2027", "02:30")
     assert skipped.startswith("Die tijd bestaat niet op die dag: de klok gaat dan een uur vooruit")
     twice = await worker_says(world, "appointment", "roos-1", "31-10-2027", "02:30")
