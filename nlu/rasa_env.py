@@ -180,10 +180,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a Rasa log (startup and errors only: it never logs parsed texts)."""
+def log_tail(path: Path, start: int = 0, lines: int = 20) -> str:
+    """The last lines of a Rasa log written after byte `start` (start-up and errors only: it
+    never logs parsed texts)."""
     try:
-        text = path.read_text("utf-8", errors="replace")
+        with path.open("rb") as log_file:
+            log_file.seek(start)
+            text = log_file.read().decode("utf-8", errors="replace")
     except OSError as error:
         return f"(the log could not be read: {error.strerror})"
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
@@ -243,6 +246,7 @@ class RasaServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="aftercare-rasa-run-")
         log_path = self.log_file or Path(self._workdir.name) / "server.log"
         self._log = open(log_path, "ab")  # noqa: SIM115  (closed in stop())
+        start = self._log.tell()  # a log file given by the caller may hold earlier runs
         self._process = subprocess.Popen(  # noqa: S603  (our own fixed command line)
             command,
             cwd=self._workdir.name,
@@ -254,7 +258,7 @@ class RasaServer:
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
-                tail = log_tail(log_path)
+                tail = log_tail(log_path, start)
                 self.stop()
                 message = (
                     f"The Rasa server on port {self.port} exited early with exit code {code}. "
@@ -271,7 +275,7 @@ class RasaServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        tail = log_tail(log_path)
+        tail = log_tail(log_path, start)
         self.stop()
         raise RasaEnvironmentError(
             f"The Rasa server on port {self.port} did not answer within {timeout_s:.0f} s. "

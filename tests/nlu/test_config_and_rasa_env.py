@@ -59,7 +59,7 @@ import http.server, pathlib, sys
 calls = pathlib.Path(sys.argv[0]).with_name("calls")
 calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
 if len(calls.read_text()) <= {failures}:
-    print("OSError: [Errno 98] error while attempting to bind: address already in use")
+    print("{failure}")
     sys.exit(3)
 class Status(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -70,12 +70,18 @@ http.server.HTTPServer(("127.0.0.1", port), Status).serve_forever()
 """
 
 
-def fake_rasa(monkeypatch: pytest.MonkeyPatch, folder: Path, failures: int) -> Path:
-    """A stand-in `rasa` that fails to bind its port `failures` times, then serves /status."""
+PORT_TAKEN = "OSError: [Errno 98] error while attempting to bind: address already in use"
+
+
+def fake_rasa(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, failures: int, failure: str = PORT_TAKEN
+) -> Path:
+    """A stand-in `rasa` that fails `failures` times (printing `failure`), then serves
+    /status."""
     venv = folder / "rasa-env"
     (venv / "bin").mkdir(parents=True)
     fake = venv / "bin" / "rasa"
-    fake.write_text(FAKE_RASA.format(python=sys.executable, failures=failures))
+    fake.write_text(FAKE_RASA.format(python=sys.executable, failures=failures, failure=failure))
     fake.chmod(0o755)
     (venv / ".aftercare-rasa-complete").write_text("test")
     monkeypatch.setenv("AFTERCARE_RASA_VENV", str(venv))
@@ -122,3 +128,17 @@ def test_a_failing_rasa_command_is_named_with_its_last_lines(tmp_path: Path) -> 
         "Rasa cross-validation failed with exit code 2. Its last lines:\n"
         "fold 1/2: training\nMemoryError"
     )
+
+
+def test_an_earlier_run_in_the_same_log_file_is_not_taken_for_this_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = fake_rasa(monkeypatch, tmp_path, failures=5, failure="ImportError: no module tf")
+    log = tmp_path / "server.log"
+    log.write_text(PORT_TAKEN + "\n")
+    server = RasaServer(tmp_path / "model.tar.gz", None, "s3cr3t-value", log_file=log)
+    with pytest.raises(RasaEnvironmentError) as raised:
+        server.start(timeout_s=30)
+    assert "ImportError: no module tf" in str(raised.value)
+    assert "address already in use" not in str(raised.value)
+    assert calls.read_text() == "x", "not a taken port: no second try"
