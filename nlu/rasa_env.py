@@ -236,12 +236,14 @@ class RasaServer:
                 self.port = free_port()
 
     def _start_once(self, timeout_s: float) -> None:
+        # `--option=value`: a token may begin with "-" (token_urlsafe does, one time in 64),
+        # and Rasa's argparse would take "--auth-token -x..." for an option without a value.
         command = [
             str(rasa_bin()), "run", "--enable-api",
-            "--auth-token", self.token,
-            "--model", str(self.model),
-            "--interface", "127.0.0.1",
-            "--port", str(self.port),
+            f"--auth-token={self.token}",
+            f"--model={self.model}",
+            "--interface=127.0.0.1",
+            f"--port={self.port}",
         ]  # fmt: skip
         self._workdir = tempfile.TemporaryDirectory(prefix="aftercare-rasa-run-")
         log_path = self.log_file or Path(self._workdir.name) / "server.log"

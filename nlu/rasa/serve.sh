@@ -53,8 +53,9 @@ for lang in nl en; do
     echo "Starting Rasa for '$lang' on http://127.0.0.1:${PORTS[$lang]} with $model"
     workdir="$(mktemp -d)"
     DIRS+=("$workdir")
-    (cd "$workdir" && exec "$VENV/bin/rasa" run --enable-api --auth-token "$AFTERCARE_RASA_TOKEN" \
-        --model "$model" --interface 127.0.0.1 --port "${PORTS[$lang]}") &
+    # --option=value: a token that begins with "-" would otherwise read as an option.
+    (cd "$workdir" && exec "$VENV/bin/rasa" run --enable-api --auth-token="$AFTERCARE_RASA_TOKEN" \
+        --model="$model" --interface=127.0.0.1 --port="${PORTS[$lang]}") &
     PIDS+=("$!")
 done
 echo "Rasa servers are starting (a minute or so); Ctrl-C stops them."
