@@ -579,7 +579,15 @@ def _lint_triggers(
     spec, source = loaded.spec, loaded.source
     out: list[Finding] = []
 
-    def target(path: Path_, flow: str, node: str | None) -> None:
+    def target(
+        path: Path_,
+        flow: str,
+        node: str | None,
+        node_path: Path_ | None = None,
+        node_fix: str = "correct the node id",
+    ) -> None:
+        """The flow at `path` must exist, and `node` (at `node_path`, by default the `node`
+        key beside `path`) must be one of its nodes; that node is then an entry of the flow."""
         if flow not in specs:
             out.append(
                 source.finding(
@@ -591,9 +599,9 @@ def _lint_triggers(
             if node not in specs[flow].nodes:
                 out.append(
                     source.finding(
-                        (*path[:-1], "node"),
+                        node_path or (*path[:-1], "node"),
                         f"flow '{flow}' has no node '{node}'",
-                        "correct the node id",
+                        node_fix,
                     )
                 )
 
@@ -620,18 +628,13 @@ def _lint_triggers(
                     f"add `- {{severity: {severity}, flow: ...}}` without a category",
                 )
             )
-    target(("not_understood",), spec.not_understood, None)
-    stale = spec.stale_choice_node
-    if stale is not None and spec.not_understood in specs:
-        entries[spec.not_understood].add(stale)
-        if stale not in specs[spec.not_understood].nodes:
-            out.append(
-                source.finding(
-                    ("stale_choice_node",),
-                    f"flow '{spec.not_understood}' has no node '{stale}'",
-                    f"name a node of the flow '{spec.not_understood}', or leave the key out",
-                )
-            )
+    target(
+        ("not_understood",),
+        spec.not_understood,
+        spec.stale_choice_node,
+        node_path=("stale_choice_node",),
+        node_fix=f"name a node of the flow '{spec.not_understood}', or leave the key out",
+    )
     for name in ("stale_choice", "reask"):
         text = getattr(spec.texts, name)
         out += _lint_text(source, ("texts", name), text, LANGUAGES, discreet=True)
