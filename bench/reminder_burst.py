@@ -33,9 +33,8 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import select
-from telegram import Bot
 
-from bot.telegram import TelegramChannel
+from bot.telegram import TelegramChannel, make_bot
 from care.context import Care
 from care.conversation import ConversationService
 from care.crypto import keyring_from_set, new_key_set
@@ -170,7 +169,7 @@ async def run(clients: int, url: str, fake_kind: str) -> None:
 
     with RemoteFakeTelegram() if fake_kind == "remote" else FakeTelegram() as fake:
         fake.enforce_rate_limits(per_chat=1, overall=int(LIMIT))
-        bot = Bot(fake.token, base_url=fake.base_url)
+        bot = make_bot(fake.token, fake.base_url)
         await bot.initialize()
         service = ConversationService(care, FlowStore(care.sessions), _NoNlu())
         sender = OutboxSender(care, TelegramChannel(bot))

@@ -4,6 +4,7 @@
 `front.TelegramFront` hands it to the conversation service (answering button presses at once,
 one update at a time per chat); `channel.TelegramChannel` delivers outbox messages and maps
 Telegram's errors onto `care.outbox`'s; `webhook` serves webhook mode with `/healthz`;
+`transport.AiohttpRequest` carries PTB's requests over aiohttp;
 `runner` runs polling or webhook mode and stops gracefully on SIGTERM.
 """
 
@@ -15,5 +16,6 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 from bot.telegram.channel import TelegramChannel
 from bot.telegram.front import TelegramFront, build_application
 from bot.telegram.inbound import to_inbound
+from bot.telegram.transport import make_bot
 
-__all__ = ["TelegramChannel", "TelegramFront", "build_application", "to_inbound"]
+__all__ = ["TelegramChannel", "TelegramFront", "build_application", "make_bot", "to_inbound"]

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+import aiohttp
 import httpx
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import (
@@ -31,6 +32,7 @@ from telegram.error import (
     TimedOut,
 )
 
+from bot.telegram.transport import NOT_SENT
 from care.outbox import (
     Button,
     Delivered,
@@ -48,7 +50,16 @@ MAX_TEXT = 4096
 MAX_CAPTION = 1024
 DELETE_BATCH = 100
 
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    *NOT_SENT,
+)
+"""Causes after which nothing reached Telegram: ours (`bot.telegram.transport`) and those of
+PTB's default transport, so that the channel answers truly under either."""
+_TRANSPORT = (httpx.HTTPError, aiohttp.ClientError)
+"""Causes from the wire (not, say, a bug of ours): after the request began, maybe sent."""
 
 
 def keyboard(rows: Sequence[Sequence[Button]]) -> InlineKeyboardMarkup | None:
@@ -104,7 +115,7 @@ class TelegramChannel:
             raise MaybeDelivered("Telegram did not answer in time") from None
         except NetworkError as exc:
             cause = exc.__cause__
-            if isinstance(cause, httpx.HTTPError) and not isinstance(cause, _NOT_SENT):
+            if isinstance(cause, _TRANSPORT) and not isinstance(cause, _NOT_SENT):
                 raise MaybeDelivered("the connection broke after sending") from None
             raise TransientError("Telegram is not available") from None
         except TelegramError:

@@ -18,6 +18,7 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from bot.telegram.inbound import to_inbound
+from bot.telegram.transport import AiohttpRequest
 from care.conversation import ConversationService, text_for
 from care.errors import StorageError
 from care.settings import Settings
@@ -25,6 +26,8 @@ from care.settings import Settings
 log = logging.getLogger(__name__)
 
 DATABASE_DOWN = (StorageError, OperationalError)
+REQUEST_POOL = 64
+"""Connections to the Bot API for sends and button answers (the outbox keeps fewer busy)."""
 
 COMMANDS: dict[str, list[tuple[str, str]]] = {
     "nl": [
@@ -182,6 +185,9 @@ def build_application(
     """
     builder = ApplicationBuilder().token(token).concurrent_updates(False)
     builder = builder.base_url(base_url or settings.telegram.base_url)
+    # aiohttp under PTB (see bot.telegram.transport); one connection for the long poll.
+    builder = builder.request(AiohttpRequest(connection_pool_size=REQUEST_POOL))
+    builder = builder.get_updates_request(AiohttpRequest(connection_pool_size=1))
     if base_file_url:
         builder = builder.base_file_url(base_file_url)
     for name, value in builder_options.items():

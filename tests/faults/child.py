@@ -15,9 +15,8 @@ import signal
 
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-from telegram import Bot
 
-from bot.telegram import TelegramChannel
+from bot.telegram import TelegramChannel, make_bot
 from care.context import Care
 from care.crypto import keyring_from_set
 from care.db import make_engine, make_sessionmaker
@@ -34,7 +33,7 @@ async def main() -> None:
     keyring = keyring_from_set(json.loads(os.environ["AFTERCARE_KEYS"]), "test keys")
     engine = make_engine(os.environ["AFTERCARE_DATABASE_URL"])
     care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
-    bot = Bot(os.environ["FAKE_TOKEN"], base_url=os.environ["FAKE_BASE_URL"])
+    bot = make_bot(os.environ["FAKE_TOKEN"], os.environ["FAKE_BASE_URL"])
     await bot.initialize()
     sender = OutboxSender(care, TelegramChannel(bot), options=OPTIONS)
     stop = asyncio.Event()
