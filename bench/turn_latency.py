@@ -7,6 +7,10 @@ every turn it measures the time from the moment the fake delivered the update to
 until the first reply arrived at the fake. The same is measured for a bare
 python-telegram-bot echo bot against the same fake, in the same run.
 
+The issue's baseline is PTB as it comes (httpx); our bot carries PTB's requests over aiohttp
+(bot/telegram/transport.py), so the echo bot also runs on that transport, as a second row:
+the ratio against it is the cost of our own work alone.
+
 The fake Bot API and the girls run in this process; each bot runs in a child process of its
 own, as it would against the real Telegram, so that the bot's figures (and its peak RSS) are
 its own and not the load generator's. "CPU ms/turn" is the bot process's CPU time while it
@@ -162,8 +166,9 @@ def own_figures() -> dict[str, float]:
     }
 
 
-async def run_echo(token: str, base_url: str) -> dict[str, Any]:
-    """A bare PTB bot: echoes text and commands, answers button presses, always with buttons."""
+async def run_echo(token: str, base_url: str, ours: bool = False) -> dict[str, Any]:
+    """A bare PTB bot: echoes text and commands, answers button presses, always with buttons.
+    With `ours`, on our aiohttp transport (bot.telegram.transport) instead of PTB's httpx."""
     from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
     from telegram.ext import Application, ContextTypes, TypeHandler
 
@@ -185,7 +190,15 @@ async def run_echo(token: str, base_url: str) -> dict[str, Any]:
         elif update.message is not None and update.message.text:
             await update.message.reply_text(update.message.text, reply_markup=markup)
 
-    app = Application.builder().token(token).base_url(base_url).concurrent_updates(True).build()
+    builder = Application.builder().token(token).base_url(base_url).concurrent_updates(True)
+    if ours:
+        from bot.telegram.transport import AiohttpRequest
+
+        pool = 256  # what PTB's Application takes when given no request of its own
+        builder = builder.request(AiohttpRequest(connection_pool_size=pool)).get_updates_request(
+            AiohttpRequest(connection_pool_size=1)
+        )
+    app = builder.build()
     app.add_handler(TypeHandler(Update, echo))
     async with app:
         await app.start()
@@ -306,7 +319,9 @@ def scenario(kind: str, backend: str, clients: int, turns: int, think: float) ->
             if line != "ready":
                 _, err = bot.communicate(timeout=60)
                 return {"error": err.strip().splitlines()[-1] if err.strip() else "no start"}
-            figures = asyncio.run(drive(fake, clients, turns, echo=kind == "echo", think=think))
+            figures = asyncio.run(
+                drive(fake, clients, turns, echo=kind.startswith("echo"), think=think)
+            )
             methods: dict[str, int] = {}
             for call in fake.calls():
                 methods[call.method] = methods.get(call.method, 0) + 1
@@ -332,15 +347,16 @@ def main() -> None:
         "--think", type=float, default=2.0, help="seconds she takes between turns, on average"
     )
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
-    parser.add_argument("--child", choices=["echo", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["echo", "echo-aiohttp", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="sqlite", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.ERROR)
-    if args.child == "echo":
-        print(json.dumps(asyncio.run(run_echo(args.token, args.base_url))))
+    if args.child in ("echo", "echo-aiohttp"):
+        ours = args.child == "echo-aiohttp"
+        print(json.dumps(asyncio.run(run_echo(args.token, args.base_url, ours))))
         return
     if args.child == "ours":
         run = run_ours(args.backend, args.clients, args.token, args.base_url)
@@ -360,7 +376,12 @@ def main() -> None:
         "turns on average, fake Bot API, no rate limits"
     )
     echo = scenario("echo", "-", args.clients, args.turns, args.think)
-    rows: list[tuple[str, dict[str, Any]]] = [("PTB echo bot", echo)]
+    # The same bare bot on our transport: how much of our time is the transport's.
+    echo_ours = scenario("echo-aiohttp", "-", args.clients, args.turns, args.think)
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("PTB echo bot", echo),
+        ("PTB echo bot (aiohttp)", echo_ours),
+    ]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         figures = scenario("ours", backend, args.clients, args.turns, args.think)
         rows.append((f"aftercare ({backend})", figures))
@@ -386,7 +407,7 @@ def main() -> None:
             )
             print(f"{name}: Bot API calls per turn: {per_turn}")
     base = echo.get("p50_ms")
-    for name, figures in rows[1:]:
+    for name, figures in rows[2:]:
         if base and "p50_ms" in figures:
             ratio = figures["p50_ms"] / base
             verdict = "within" if ratio <= 3 else "outside"
@@ -396,6 +417,11 @@ def main() -> None:
                 f"{name}: p50 {ratio:.1f}x the echo bot's ({verdict} 3x); p99 {p99} 50 ms; "
                 f"RSS {rss} 200 MB"
             )
+            if echo_ours.get("p50_ms"):
+                print(
+                    f"{name}: p50 {figures['p50_ms'] / echo_ours['p50_ms']:.1f}x the echo bot's"
+                    " on the same transport (aiohttp)"
+                )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -311,6 +313,46 @@ def cache_path(data: TrainingData, cache_dir: Path) -> Path:
     return cache_dir / f"{name}.npz"
 
 
+TRAIN_SECONDS = 600.0
+"""How long training in a child process may take before the bot trains in its own process."""
+
+
+def _train_apart(data: TrainingData) -> IntentClassifier | None:
+    """Train in a child process (`python -m nlu.training`) and load what it wrote.
+
+    Importing scikit-learn and fitting costs about 100 MB that a process never gives back, so
+    a bot that trained in its own process (on its first start, or after the training data
+    changed) would carry it for as long as it runs. None when the child failed; the caller
+    then trains here, as before.
+    """
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    examples = json.dumps({"texts": list(data.texts), "labels": list(data.labels)})
+    with tempfile.TemporaryDirectory(prefix="aftercare-nlu-") as folder:
+        out = Path(folder) / "model.npz"
+        try:
+            done = subprocess.run(  # noqa: S603  (our own fixed command line)
+                [sys.executable, "-m", "nlu.training", str(out)],
+                input=examples,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=TRAIN_SECONDS,
+                check=False,
+            )
+            if done.returncode == 0:
+                return IntentClassifier.load(out)
+            last = done.stderr.strip().splitlines()[-1:] or ["no message"]
+            reason = f"exit code {done.returncode}: {last[0][:200]}"
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            reason = type(exc).__name__
+    logger.warning(
+        "nlu.embedded_child_training_failed", extra={"lang": data.lang, "reason": reason}
+    )
+    return None
+
+
 def load_or_train(data: TrainingData, cache_dir: Path) -> IntentClassifier:
     """The cached classifier for `data`, or a newly trained one that is then cached."""
     path = cache_path(data, cache_dir)
@@ -319,7 +361,7 @@ def load_or_train(data: TrainingData, cache_dir: Path) -> IntentClassifier:
             return IntentClassifier.load(path)
         except Exception:  # a damaged or foreign cache file: train again
             logger.warning("nlu.embedded_cache_unreadable", extra={"lang": data.lang})
-    classifier = IntentClassifier.train(data.texts, data.labels)
+    classifier = _train_apart(data) or IntentClassifier.train(data.texts, data.labels)
     try:
         classifier.save(path)
     except OSError:

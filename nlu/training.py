@@ -83,3 +83,19 @@ def to_classifier(fitted: Pipeline) -> IntentClassifier:
 def train(texts: Sequence[str], labels: Sequence[str]) -> IntentClassifier:
     """Fit a classifier on the given examples."""
     return to_classifier(fit(texts, labels))
+
+
+def main() -> None:
+    """`python -m nlu.training OUT`: train on the examples read as JSON from stdin
+    (`{"texts": [...], "labels": [...]}`) and save the classifier to OUT. `nlu.embedded` runs
+    this in a child process, so that scikit-learn never enters the bot's own memory."""
+    import json
+    import sys
+    from pathlib import Path
+
+    examples = json.load(sys.stdin)
+    train(examples["texts"], examples["labels"]).save(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,8 +26,10 @@ from care.settings import Settings
 log = logging.getLogger(__name__)
 
 DATABASE_DOWN = (StorageError, OperationalError)
-REQUEST_POOL = 64
-"""Connections to the Bot API for sends and button answers (the outbox keeps fewer busy)."""
+REQUEST_POOL = 256
+"""Connections to the Bot API for sends and button answers (PTB's own default for an
+Application): every button press is answered at once, so 200 girls tapping together may
+need as many; the outbox keeps at most 16 sends going."""
 
 COMMANDS: dict[str, list[tuple[str, str]]] = {
     "nl": [

@@ -266,3 +266,34 @@ def test_parse_is_fast(classifier: IntentClassifier) -> None:
         timings.append(time.perf_counter() - started)
     # The target is p99 < 2 ms; the median leaves room for a busy CI machine.
     assert float(np.median(timings)) < 0.002
+
+
+def test_training_runs_in_a_child_so_scikit_learn_stays_out_of_the_bot(tmp_path: Path) -> None:
+    """A bot that trained on its first start (or after new examples) would otherwise carry
+    scikit-learn's 100 MB for as long as it runs."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from nlu.data import load_training_data; from nlu.embedded import load_or_train; "
+        f"model = load_or_train(load_training_data('nl'), Path({str(tmp_path)!r})); "
+        "print(model.rank('dankjewel')[0].name, 'sklearn' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.split() == ["thanks", "False"]
+    assert cache_path(load_training_data("nl"), tmp_path).is_file()
+
+
+def test_when_the_child_cannot_train_the_bot_trains_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = load_training_data("en")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    caplog.set_level("INFO", logger="nlu.embedded")
+    assert load_or_train(data, tmp_path).rank("hello")[0].name == "greeting"
+    assert [r.message for r in caplog.records] == [
+        "nlu.embedded_child_training_failed",
+        "nlu.embedded_trained",
+    ]
+    assert caplog.records[0].reason == "exit code 1: no message"  # type: ignore[attr-defined]
+    assert cache_path(data, tmp_path).is_file()
