@@ -192,12 +192,9 @@ async def run_echo(token: str, base_url: str, ours: bool = False) -> dict[str, A
 
     builder = Application.builder().token(token).base_url(base_url).concurrent_updates(True)
     if ours:
-        from bot.telegram.transport import AiohttpRequest
+        from bot.telegram.transport import on_transport
 
-        pool = 256  # what PTB's Application takes when given no request of its own
-        builder = builder.request(AiohttpRequest(connection_pool_size=pool)).get_updates_request(
-            AiohttpRequest(connection_pool_size=1)
-        )
+        builder = on_transport(builder)
     app = builder.build()
     app.add_handler(TypeHandler(Update, echo))
     async with app:

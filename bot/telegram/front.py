@@ -18,7 +18,7 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from bot.telegram.inbound import to_inbound
-from bot.telegram.transport import AiohttpRequest
+from bot.telegram.transport import on_transport
 from care.conversation import ConversationService, text_for
 from care.errors import StorageError
 from care.settings import Settings
@@ -26,10 +26,6 @@ from care.settings import Settings
 log = logging.getLogger(__name__)
 
 DATABASE_DOWN = (StorageError, OperationalError)
-REQUEST_POOL = 256
-"""Connections to the Bot API for sends and button answers (PTB's own default for an
-Application): every button press is answered at once, so 200 girls tapping together may
-need as many; the outbox keeps at most 16 sends going."""
 
 COMMANDS: dict[str, list[tuple[str, str]]] = {
     "nl": [
@@ -187,9 +183,7 @@ def build_application(
     """
     builder = ApplicationBuilder().token(token).concurrent_updates(False)
     builder = builder.base_url(base_url or settings.telegram.base_url)
-    # aiohttp under PTB (see bot.telegram.transport); one connection for the long poll.
-    builder = builder.request(AiohttpRequest(connection_pool_size=REQUEST_POOL))
-    builder = builder.get_updates_request(AiohttpRequest(connection_pool_size=1))
+    builder = on_transport(builder)  # aiohttp under PTB (see bot.telegram.transport)
     if base_file_url:
         builder = builder.base_file_url(base_file_url)
     for name, value in builder_options.items():

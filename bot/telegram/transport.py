@@ -1,10 +1,11 @@
 """The HTTP transport under python-telegram-bot: aiohttp instead of PTB's default httpx.
 
 PTB's `Bot` does everything Telegram-specific (the methods, the JSON, Telegram's errors); a
-`BaseRequest` only moves bytes. PTB's own `HTTPXRequest` costs about 1.1 ms of CPU per Bot API
-call here, this one about 0.4 ms (aiohttp parses HTTP in C). Every turn makes two or three
-calls (the update, the reply, the answer to a button), so on one CPU the transport decided
-how many girls the bot can serve at once (`bench/turn_latency.py`).
+`BaseRequest` only moves bytes. PTB's own `HTTPXRequest` costs about 1.1-1.3 ms of CPU per Bot
+API call here, this one about 0.4-0.6 ms (aiohttp parses HTTP in C; `bench/transport.py`).
+Every turn makes two or three calls (the update, the reply, the answer to a button), so on
+one CPU the transport decided how many girls the bot can serve at once
+(`bench/turn_latency.py`).
 
 What the outbox needs from a transport is an honest answer to "could Telegram have got this
 message?", because a message that may have arrived is not sent twice:
@@ -21,12 +22,22 @@ hold the host, never the URL, and the URL holds the token.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import aiohttp
 from telegram import Bot
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
+from telegram.ext import ApplicationBuilder
 from telegram.request import BaseRequest, RequestData
+
+APPLICATION_POOL = 256
+"""Connections to the Bot API for an Application's sends and button answers (PTB's own
+default): every button press is answered at once, so 200 girls tapping together may need as
+many; the outbox keeps at most 16 sends going. The long poll has one of its own."""
+
+_Builder = TypeVar("_Builder", bound=ApplicationBuilder[Any, Any, Any, Any, Any, Any])
 
 NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,  # refused, DNS, TLS: the request never left
@@ -160,3 +171,11 @@ def make_bot(token: str, base_url: str) -> Bot:
         request=AiohttpRequest(),
         get_updates_request=AiohttpRequest(connection_pool_size=1),
     )
+
+
+def on_transport(builder: _Builder) -> _Builder:
+    """An Application builder whose requests go over this transport: `APPLICATION_POOL`
+    connections for the calls, one for the long poll."""
+    builder.request(AiohttpRequest(connection_pool_size=APPLICATION_POOL))
+    builder.get_updates_request(AiohttpRequest(connection_pool_size=1))
+    return builder
