@@ -243,7 +243,8 @@ class _State:
 
     session: DialogueState | None
     fields: dict[str, str | bool | int] = field(default_factory=dict)
-    row: DialogueSession | None = None
+    row_id: int | None = None
+    """Her `dialogue_sessions` row, when she has one."""
 
 
 class LazyContext(Mapping[str, str | bool]):
@@ -293,7 +294,13 @@ def _where(exc: BaseException) -> str:
 
 
 # Statements of every turn, built once (building one costs more than running it).
-_SESSION_OF = select(DialogueSession).where(DialogueSession.client_id == bindparam("client_id"))
+# The session row is read and written as a plain row (a turn needs no ORM object of it).
+_SESSIONS = cast(Table, DialogueSession.__table__)
+_SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
+    _SESSIONS.c.client_id == bindparam("client_id")
+)
+_SESSION_NEW = insert(_SESSIONS)
+_SESSION_SAVE = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("row_id"))
 _RECENT_CHECKIN = (
     select(CheckIn)
     .where(
@@ -454,7 +461,7 @@ class ConversationService:
                 with session.begin_nested():
                     session.execute(_PROCESSED, row)
             else:
-                session.execute(_PROCESSED, row)
+                session.connection().execute(_PROCESSED, row)
         except IntegrityError:
             raise _Duplicate() from None
 
@@ -862,17 +869,18 @@ class ConversationService:
         return found
 
     def _load(self, session: Session, client: Client) -> _State:
-        row = session.scalars(_SESSION_OF, {"client_id": client.id}).first()
+        row = session.connection().execute(_SESSION_OF, {"client_id": client.id}).first()
         if row is None:
             return _State(None)
+        row_id, state_enc = row
         try:
-            data = json.loads(self.care.vault.decrypt(session, client.data_key_id, row.state_enc))
+            data = json.loads(self.care.vault.decrypt(session, client.data_key_id, state_enc))
             stored = data.get("session")
             state = DialogueState.from_json(stored) if stored else None
-            return _State(state, dict(data.get("fields") or {}), row)
+            return _State(state, dict(data.get("fields") or {}), row_id)
         except (DecryptionError, dialogues.SessionError, ValueError, AttributeError):
             log.warning("session.unreadable client=%s", client.id)
-            return _State(None, row=row)
+            return _State(None, row_id=row_id)
 
     def _save(self, session: Session, client: Client, state: _State) -> None:
         data = {
@@ -881,18 +889,21 @@ class ConversationService:
             "fields": state.fields,
         }
         encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
-        row = state.row
-        if row is None:
-            row = session.scalars(_SESSION_OF, {"client_id": client.id}).first()
-        flow = state.session.flow if state.session else ""
-        version = state.session.version if state.session else None
-        if row is None:
-            state.row = DialogueSession(
-                client_id=client.id, flow=flow, flow_version=version, state_enc=encrypted
-            )
-            session.add(state.row)
+        connection = session.connection()
+        if state.row_id is None:
+            found = connection.execute(_SESSION_OF, {"client_id": client.id}).first()
+            state.row_id = found[0] if found is not None else None
+        values = {
+            "flow": state.session.flow if state.session else "",
+            "flow_version": state.session.version if state.session else None,
+            "state_enc": encrypted,
+            "updated_at": self.clock.now(),
+        }
+        if state.row_id is None:
+            result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
+            state.row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         else:
-            row.flow, row.flow_version, row.state_enc = flow, version, encrypted
+            connection.execute(_SESSION_SAVE, {"row_id": state.row_id, **values})
 
     # ------------------------------------------------------------------ applying events
 

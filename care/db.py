@@ -192,7 +192,9 @@ def insert_new(session: Session, model: type[Any], **values: Any) -> None:
         else:  # pragma: no cover - only SQLite and PostgreSQL are supported (make_engine)
             raise DatabaseUnavailable(f"unsupported database dialect {dialect}")
         _INSERT_NEW[(dialect, model)] = stmt
-    session.execute(stmt, values)
+    # On the session's connection: a plain statement needs none of the session's bookkeeping
+    # (it would not flush anything first either way).
+    session.connection().execute(stmt, values)
 
 
 @contextmanager

@@ -759,12 +759,13 @@ class OutboxSender:
             if row.status is OutboxStatus.PENDING and row.not_before <= now:
                 groups.setdefault((row.recipient_kind, row.recipient_id), []).append(row)
         claimed: list[list[OutboxMessage]] = []
+        connection = session.connection()
         with session.no_autoflush:  # rows of this turn not written yet are not in the way
             for (kind, person), group in groups.items():
                 written = [row.id for row in group if row.id is not None]
-                older = session.scalar(
+                older = connection.execute(
                     _OPEN_FOR_PERSON, {"kind": kind, "person": person, "written": written}
-                )
+                ).first()
                 if older is not None:
                     continue
                 # By priority, then in the order written (the sort is stable).
@@ -1260,7 +1261,7 @@ class OutboxSender:
 
     def _mark_in_flight(self, session: Session, row_id: int) -> bool:
         until = self.clock.now() + timedelta(seconds=self.options.claim_seconds)
-        result = session.execute(
+        result = session.connection().execute(
             _MARK_IN_FLIGHT, {"row_id": row_id, "sender": self.name, "until": until}
         )
         return bool(getattr(result, "rowcount", 0))
@@ -1290,7 +1291,7 @@ class OutboxSender:
         and auto-delete can remove them."""
         now = self.clock.now()
         first = delivered.message_ids[0] if delivered.message_ids else None
-        result = session.execute(
+        result = session.connection().execute(
             _MARK_SENT, {"row_id": item.row_id, "sender": self.name, "now": now, "first": first}
         )
         if not getattr(result, "rowcount", 0):
