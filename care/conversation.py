@@ -301,16 +301,20 @@ _SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
 )
 _SESSION_NEW = insert(_SESSIONS)
 _SESSION_SAVE = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("row_id"))
+# Her check-in too: a turn answers at most one, as a plain row.
+_CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
-    select(CheckIn)
+    select(_CHECKINS.c.id, _CHECKINS.c.status, _CHECKINS.c.mood, _CHECKINS.c.answered_at)
     .where(
-        CheckIn.client_id == bindparam("client_id"),
-        CheckIn.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
-        CheckIn.due_at > bindparam("since", type_=CheckIn.due_at.type),
+        _CHECKINS.c.client_id == bindparam("client_id"),
+        _CHECKINS.c.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
+        _CHECKINS.c.due_at > bindparam("since", type_=CheckIn.due_at.type),
     )
-    .order_by(CheckIn.due_at.desc(), CheckIn.id.desc())
+    .order_by(_CHECKINS.c.due_at.desc(), _CHECKINS.c.id.desc())
     .limit(1)
 )
+_CHECKIN_NEW = insert(_CHECKINS)
+_CHECKIN_SAVE = update(_CHECKINS).where(_CHECKINS.c.id == bindparam("row_id"))
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
 
 
@@ -525,6 +529,7 @@ class ConversationService:
             with self.care.sessions.begin() as session:
                 result = work(session)
                 taken = handoff.take(session, written) if handoff and written else ()
+                outbox.write(session, written)  # the rows the sender did not take
             if taken and handoff is not None:
                 handoff.adopt(taken)
             return result, len(taken) < len(written)
@@ -1007,18 +1012,35 @@ class ConversationService:
         name, value = event.name, event.value
         if name in ("mood", "safe", "checkin"):
             # A second mood means a new check-in (she asked for one, or the next one came).
-            checkin = self._current_checkin(session, client, now, fresh=name == "mood")
+            checkin_id, answered_at = self._current_checkin(
+                session, client, now, fresh=name == "mood"
+            )
+            values: dict[str, Any] = {}
             if name == "mood":
-                checkin.mood = str(value)[:16]
+                values["mood"] = str(value)[:16]
             elif name == "safe":
-                checkin.feels_safe = {"yes": True, "no": False}.get(str(value))
+                values["feels_safe"] = {"yes": True, "no": False}.get(str(value))
             if name == "checkin" and value == "no_answer":
-                if checkin.answered_at is None:
-                    checkin.status = CheckInStatus.MISSED
+                if answered_at is None:
+                    values["status"] = CheckInStatus.MISSED
             else:
-                checkin.status = CheckInStatus.ANSWERED
-                checkin.answered_at = now
+                values["status"] = CheckInStatus.ANSWERED
+                values["answered_at"] = now
                 client.missed_checkins = 0
+            connection = session.connection()
+            if checkin_id is None:
+                connection.execute(
+                    _CHECKIN_NEW,
+                    {
+                        "client_id": client.id,
+                        "due_at": now,
+                        "sent_at": now,
+                        "status": CheckInStatus.SENT,
+                        **values,
+                    },
+                )
+            elif values:
+                connection.execute(_CHECKIN_SAVE, {"row_id": checkin_id, **values})
             return
         if name == "appointment_answer":
             self._answer_appointment(session, client, str(value), now)
@@ -1028,25 +1050,23 @@ class ConversationService:
 
     def _current_checkin(
         self, session: Session, client: Client, now: datetime, *, fresh: bool
-    ) -> CheckIn:
-        """The check-in she is answering: the one sent last, or the one she began answering."""
-        recent = session.scalars(
-            _RECENT_CHECKIN, {"client_id": client.id, "since": now - _CHECKIN_WINDOW}
-        ).first()
-        if (
-            recent is not None
-            and not (fresh and recent.mood is not None)
-            and (
-                recent.status is CheckInStatus.SENT
-                or (
-                    recent.answered_at is not None and recent.answered_at > now - _CHECKIN_CONTINUES
-                )
-            )
+    ) -> tuple[int | None, datetime | None]:
+        """The check-in she is answering, the one sent last or the one she began answering:
+        its id and when she answered it. (None, None): she begins a new one."""
+        recent = (
+            session.connection()
+            .execute(_RECENT_CHECKIN, {"client_id": client.id, "since": now - _CHECKIN_WINDOW})
+            .first()
+        )
+        if recent is None:
+            return None, None
+        checkin_id, status, mood, answered_at = recent
+        if (fresh and mood is not None) or not (
+            status is CheckInStatus.SENT
+            or (answered_at is not None and answered_at > now - _CHECKIN_CONTINUES)
         ):
-            return recent
-        checkin = CheckIn(client_id=client.id, due_at=now, sent_at=now, status=CheckInStatus.SENT)
-        session.add(checkin)
-        return checkin
+            return None, None
+        return checkin_id, answered_at
 
     def _answer_appointment(
         self, session: Session, client: Client, answer: str, now: datetime

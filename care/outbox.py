@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Integer, Select, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Integer, Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
@@ -179,20 +179,66 @@ def enqueue(
         not_before=not_before or utcnow(),
         attempts=0,
     )
-    # Not flushed here: the rows of a unit of work go to the database together, in the order
-    # written, when the sender takes them over (`OutboxSender.take`) or at commit.
-    session.add(row)
     collector = _written.get()
-    if collector is not None:
+    if collector is None:
+        write(session, [row])
+    else:
+        # Written when the turn hands its rows to the sender (`OutboxSender.take`), which
+        # can then claim them in the same INSERT, or by the turn before it commits.
         collector.append(row)
         collector.people.append(to)
     return row
 
 
+_WRITTEN_COLUMNS = (
+    "recipient_kind",
+    "recipient_id",
+    "client_id",
+    "data_key_id",
+    "kind",
+    "priority",
+    "payload_enc",
+    "status",
+    "dedupe_key",
+    "escalation_id",
+    "not_before",
+    "expires_at",
+    "claimed_by",
+    "claimed_until",
+    "attempts",
+    "last_error",
+)
+_SETTLED_COLUMNS = ("status", "claimed_by", "claimed_until", "attempts", "last_error")
+
+
+def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
+    """INSERT the rows not yet written, in order, on the session's connection; each gets its
+    `id`. The rows stay plain objects, outside the session: for the one or two rows of a
+    turn, the ORM's unit of work costs more than the statements. A row changed after this
+    goes back with `rewrite`."""
+    connection = session.connection()
+    for row in rows:
+        if row.id is None:
+            values = {name: getattr(row, name) for name in _WRITTEN_COLUMNS}
+            result = connection.execute(_INSERT_ROW, values)
+            row.id = result.inserted_primary_key[0]
+
+
+def _settled_state(row: OutboxMessage) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _SETTLED_COLUMNS)
+
+
+def rewrite(session: Session, row: OutboxMessage) -> None:
+    """Store a written row's new status, claim, attempts and error."""
+    values = {name: getattr(row, name) for name in _SETTLED_COLUMNS}
+    session.connection().execute(_REWRITE_ROW, {"row_id": row.id, **values})
+
+
 class Written(list[OutboxMessage]):
-    """The rows `enqueue` wrote in one unit of work. It also holds on to their recipients, so
-    that the session still has them when the sender takes the rows over (a session keeps only
-    the objects somebody refers to; a lost one costs a query to load again)."""
+    """The rows `enqueue` made in one unit of work, to be written by `write` (the sender's
+    `take` does that for the rows it claims). It also holds on to their recipients, so that
+    the session still has them when the sender takes the rows over (a session keeps only the
+    objects somebody refers to; a lost one costs a query to load again)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,8 +250,9 @@ _written: ContextVar[Written | None] = ContextVar("outbox_written", default=None
 
 @contextlib.contextmanager
 def collecting() -> Iterator[Written]:
-    """Collect the rows `enqueue` writes in this unit of work (on this thread), so that the
-    caller can hand them to the sender (`Handoff.take`) before it commits."""
+    """Collect the rows `enqueue` makes in this unit of work (on this thread), so that the
+    caller can hand them to the sender (`Handoff.take`) before it commits. The caller must
+    `write` the rows the sender did not take, in the same transaction."""
     rows = Written()
     token = _written.set(rows)
     try:
@@ -557,14 +604,15 @@ _OPEN_FOR_PERSON = (
         OutboxMessage.recipient_kind == bindparam("kind"),
         OutboxMessage.recipient_id == bindparam("person"),
         OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
-        OutboxMessage.id.not_in(bindparam("written", expanding=True)),
     )
     .limit(1)
 )
-"""A row still open for this person, other than `written` (built once: see `take`)."""
+"""A row still open for this person (built once: see `take`)."""
 
 
 _OUTBOX = cast(Table, OutboxMessage.__table__)
+_INSERT_ROW = insert(_OUTBOX)
+_REWRITE_ROW = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
 _MINE = and_(
     _OUTBOX.c.id == bindparam("row_id"),
     _OUTBOX.c.status == OutboxStatus.SENDING,
@@ -740,7 +788,8 @@ class OutboxSender:
         self._wake.set()
 
     def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Item]:
-        """Claim rows a conversation turn has just written, in the turn's own transaction.
+        """Claim rows a conversation turn has just made, in the turn's own transaction, and
+        write them (`write`; the caller writes the rest).
 
         A reply then needs no claim of its own: after the commit, `adopt` queues it. The first
         row for each person also gets its in-flight mark here, so it goes out without another
@@ -756,44 +805,46 @@ class OutboxSender:
         until = now + timedelta(seconds=self.options.claim_seconds)
         groups: dict[tuple[RecipientKind, int], list[OutboxMessage]] = {}
         for row in rows:
-            if row.status is OutboxStatus.PENDING and row.not_before <= now:
+            if row.id is None and row.status is OutboxStatus.PENDING and row.not_before <= now:
                 groups.setdefault((row.recipient_kind, row.recipient_id), []).append(row)
         claimed: list[list[OutboxMessage]] = []
         connection = session.connection()
-        with session.no_autoflush:  # rows of this turn not written yet are not in the way
-            for (kind, person), group in groups.items():
-                written = [row.id for row in group if row.id is not None]
-                older = connection.execute(
-                    _OPEN_FOR_PERSON, {"kind": kind, "person": person, "written": written}
-                ).first()
-                if older is not None:
-                    continue
-                # By priority, then in the order written (the sort is stable).
-                group.sort(key=lambda r: r.priority)
-                for row in group:
-                    row.status = OutboxStatus.SENDING
-                    row.claimed_by = self.name
-                    row.claimed_until = until
-                # The first is marked before it is written: one INSERT, no UPDATE after it.
-                group[0].last_error = IN_FLIGHT
-                group[0].attempts += 1
-                claimed.append(group)
-        session.flush()
+        for (kind, person), group in groups.items():
+            older = connection.execute(_OPEN_FOR_PERSON, {"kind": kind, "person": person}).first()
+            if older is not None:
+                continue
+            # By priority, then in the order written (the sort is stable).
+            group.sort(key=lambda r: r.priority)
+            for row in group:
+                row.status = OutboxStatus.SENDING
+                row.claimed_by = self.name
+                row.claimed_until = until
+            # The first is marked before it is written: one INSERT, no UPDATE after it.
+            group[0].last_error = IN_FLIGHT
+            group[0].attempts += 1
+            claimed.append(group)
+        if not claimed:
+            return []
+        session.flush()  # what the rows refer to (an escalation) is written first
+        write(session, rows)
         taken: list[_Item] = []
         for group in claimed:
             marked: OutboxMessage | None = group[0]
             for row in group:
+                as_written = _settled_state(row)
                 item = self._to_item(session, row, now)
                 if item is None:
                     if row is marked:  # settled instead: the mark goes to the next one
                         marked = None
-                    continue
-                if marked is None:
+                elif marked is None:
                     marked = row
                     row.last_error = IN_FLIGHT
                     row.attempts += 1
-                item.marked = row is marked
-                taken.append(item)
+                if _settled_state(row) != as_written:
+                    rewrite(session, row)
+                if item is not None:
+                    item.marked = row is marked
+                    taken.append(item)
         return taken
 
     def adopt(self, taken: Sequence[object]) -> None:

@@ -46,6 +46,7 @@ from care.outbox import (
     enqueue,
     skipped_sends,
     take_deletable,
+    write,
 )
 from care.settings import RateLimits
 from tests.reminders.helpers import FakeChannel, People, make_people
@@ -564,6 +565,7 @@ def _written_by_a_turn(
             for text in texts:
                 enqueue(session, care.vault, client, {"type": "text", "text": text}, kind="reply")
             taken = sender.take(session, written)
+            write(session, written)  # what the sender did not take, as a turn does
         return [r.id for r in written], taken
 
 
