@@ -1026,7 +1026,8 @@ class ConversationService:
             else:
                 values["status"] = CheckInStatus.ANSWERED
                 values["answered_at"] = now
-                client.missed_checkins = 0
+                if client.missed_checkins:
+                    client.missed_checkins = 0
             connection = session.connection()
             if checkin_id is None:
                 connection.execute(
