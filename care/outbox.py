@@ -155,8 +155,10 @@ def enqueue(
     escalation_id: int | None = None,
     client_id: int | None = None,
 ) -> OutboxMessage:
-    """Write an outbox row in the caller's transaction; its payload is encrypted. The row
-    goes to the database at the next flush (its `id` is known from then on).
+    """Write an outbox row in the caller's transaction; its payload is encrypted. The row is
+    INSERTed at once, or, inside `collecting()`, when the caller hands its rows over (`write`,
+    `Handoff.take`); its `id` is known from then on. It stays outside the session: a later
+    change to it is not saved.
 
     `payload` holds the message (e.g. {"type": "text", "text": ..., "buttons": [[[id, label]]]}).
     `client_id` names the client a message to a worker is about, so that erasing her also
