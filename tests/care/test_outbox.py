@@ -32,6 +32,7 @@ from care.models import (
 )
 from care.outbox import (
     IN_FLIGHT,
+    SKIP_EXPIRED,
     UNCONFIRMED,
     MaybeDelivered,
     OutboxSender,
@@ -625,6 +626,43 @@ async def test_a_turns_replies_are_written_once_already_taken(
     await channel.wait_for(2, timeout=3)
     await sender.stop()
     assert channel.delivered_ids() == ids
+
+
+async def test_a_taken_row_settled_in_the_turn_is_stored_settled_and_the_next_one_is_marked(
+    care_ctx: Care, people: People
+) -> None:
+    """A row the sender takes but must not send (here: already expired) is written claimed,
+    then settled in the same turn; the settled state and the mark that moves to the next row
+    are stored, and only the next row goes out."""
+    channel = FakeChannel()
+    sender = await _waiting_sender(care_ctx, channel)
+    she = people.client_ids[0]
+    with collecting() as written:
+        with care_ctx.sessions() as session, session.begin():
+            client = session.get(Client, she)
+            assert client is not None
+            past = datetime.now(UTC) - timedelta(minutes=1)
+            text = {"type": "text", "text": "te laat"}
+            enqueue(session, care_ctx.vault, client, text, kind="reply", expires_at=past)
+            enqueue(session, care_ctx.vault, client, {"type": "text", "text": "nu"}, kind="reply")
+            taken = sender.take(session, written)
+            write(session, written)
+        late, now = (r.id for r in written)
+    stale, marked = row(care_ctx, late), row(care_ctx, now)
+    assert (stale.status, stale.last_error) == (OutboxStatus.CANCELLED, SKIP_EXPIRED)
+    assert (marked.status, marked.last_error, marked.attempts) == (
+        OutboxStatus.SENDING,
+        IN_FLIGHT,
+        1,
+    )
+    with care_ctx.sessions() as session:
+        assert [s.reason for s in skipped_sends(session, she)] == [SKIP_EXPIRED]
+    sender.adopt(taken)
+    await channel.wait_for(1, timeout=3)
+    await asyncio.sleep(0.1)
+    await sender.stop()
+    assert channel.delivered_ids() == [now]
+    assert row(care_ctx, now).status is OutboxStatus.SENT
 
 
 async def test_a_reply_behind_an_older_open_row_is_left_to_the_claim(
