@@ -1,0 +1,192 @@
+"""Turn cost: the CPU of our own work per turn, without Telegram and without queueing.
+
+One girl at a time runs the check-in cycle (`/checkin`, two button presses, a text) through
+`ConversationService.handle` and the outbox sender, whose channel answers at once; a turn
+ends when its replies are delivered, and the next begins a moment later (when the sent marks
+are committed). So the figure is the work of one turn: the NLU, the turn's transaction, the
+hand-over to the sender, the sends and their marks. The baseline, measured in the same run,
+is the cheapest message the service handles: a text from a chat nobody is linked to (one
+look-up and a neutral answer, nothing stored).
+
+`bench/turn_latency.py` measures the whole bot under load, where the VM's speed moves the
+figures by a third from one hour to the next. For a count that does not depend on the
+machine, run this one under callgrind with two numbers of rounds and divide the difference
+by the extra turns (80 per round with the defaults):
+
+    .venv/bin/python bench/turn_cost.py
+    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 1
+    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 3
+
+A benchmark prints figures; it never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.bootstrap import build, make_sender  # noqa: E402
+from care import directory  # noqa: E402
+from care.context import Care  # noqa: E402
+from care.conversation import Inbound  # noqa: E402
+from care.crypto import keyring_from_set, new_key_set  # noqa: E402
+from care.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
+from care.models import Worker  # noqa: E402
+from care.outbox import Button, Delivered, Outgoing  # noqa: E402
+from care.settings import DEFAULT_CONFIG, RateLimits, load_settings  # noqa: E402
+from care.vault import Vault  # noqa: E402
+from nlu import NluConfig, build_nlu  # noqa: E402
+from nlu.config import default_cache_dir  # noqa: E402
+
+FIRST_CHAT = 900_000_000
+STRANGER = 800_000_000
+CHUNK = 20
+"""Turns per measured chunk: the figures are the median and quartiles over chunks."""
+SETTLE = 0.02
+"""Seconds between turns, for the sent marks to be committed (waiting costs no CPU)."""
+PATIENCE = 30.0
+
+# (what she does, the value, how many messages the bot answers with)
+CYCLE = [("command", "checkin", 1), ("choice", "", 2), ("choice", "", 1), ("text", "dank je", 1)]
+
+
+class InstantChannel:
+    """Delivers at once; counts the messages of each chat and keeps its last buttons."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.buttons: dict[int, tuple[tuple[Button, ...], ...]] = {}
+        self.count: dict[int, int] = {}
+        self.arrived = asyncio.Event()
+
+    async def deliver(self, message: Outgoing) -> Delivered:
+        if message.buttons:
+            self.buttons[message.chat_id] = message.buttons
+        self.count[message.chat_id] = self.count.get(message.chat_id, 0) + 1
+        self.arrived.set()
+        return Delivered((next(self._ids),))
+
+    async def wait_for(self, chat: int, count: int) -> None:
+        deadline = time.monotonic() + PATIENCE
+        while self.count.get(chat, 0) < count:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), max(deadline - time.monotonic(), 0.01))
+
+
+async def measure(clients: int, rounds: int) -> tuple[list[float], list[float]]:
+    """CPU ms per turn of each chunk: her turns, then strangers' texts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        upgrade(url)
+        base = load_settings(DEFAULT_CONFIG, environ={})
+        # Telegram's pacing (1 message/s per chat) lifted: this measures work, not waiting.
+        telegram = base.telegram.model_copy(
+            update={"rate_limits": RateLimits(per_chat_per_second=30, overall_per_second=1000)}
+        )
+        settings = base.model_copy(update={"telegram": telegram})
+        keyring = keyring_from_set(new_key_set(), "bench")
+        engine = make_engine(url)
+        care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
+        with care.sessions.begin() as session:
+            org = directory.add_organisation(session, "Bench")
+            issued = directory.add_worker(session, care.vault, org.name, "Anna")
+            worker = session.get(Worker, issued.id)
+            assert worker is not None
+            for n in range(clients):
+                invited = directory.invite_client(
+                    session, care.vault, worker, alias=f"girl-{n}", language="nl"
+                )
+                directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
+        parts = build(settings, care=care, nlu=build_nlu(NluConfig(cache_dir=default_cache_dir())))
+        await parts.warm()
+        channel = InstantChannel()
+        sender = make_sender(parts, channel)
+        await sender.start()
+        ids = itertools.count(1)
+
+        async def her_turn(chat: int, kind: str, value: str, replies: int) -> None:
+            if kind == "choice":
+                choice = channel.buttons[chat][0][0].id
+                inbound = Inbound(
+                    chat_id=chat, kind="choice", choice_id=choice, update_id=next(ids)
+                )
+            elif kind == "command":
+                inbound = Inbound(
+                    chat_id=chat, kind="command", command=value, update_id=next(ids), message_id=1
+                )
+            else:
+                inbound = Inbound(
+                    chat_id=chat, kind="text", text=value, update_id=next(ids), message_id=1
+                )
+            expected = channel.count.get(chat, 0) + replies
+            await parts.service.handle(inbound)
+            await channel.wait_for(chat, expected)
+
+        async def strangers_text(chat: int) -> None:
+            inbound = Inbound(chat_id=chat, kind="text", text="hoi", update_id=next(ids))
+            await parts.service.handle(inbound)
+
+        ours: list[float] = []
+        base: list[float] = []
+        spent = 0.0
+        turns = 0
+        for cycle in range(rounds + 1):  # the first round warms up and is not counted
+            for n in range(clients):
+                for kind, value, replies in CYCLE:
+                    began = time.process_time()
+                    await her_turn(FIRST_CHAT + n, kind, value, replies)
+                    spent += time.process_time() - began
+                    turns += 1
+                    await asyncio.sleep(SETTLE)
+                    if turns == CHUNK:
+                        if cycle:
+                            ours.append(spent * 1e3 / CHUNK)
+                        spent, turns = 0.0, 0
+        for n in range(len(ours) * CHUNK):
+            began = time.process_time()
+            await strangers_text(STRANGER + n)
+            spent += time.process_time() - began
+            await asyncio.sleep(SETTLE)
+            if (n + 1) % CHUNK == 0:
+                base.append(spent * 1e3 / CHUNK)
+                spent = 0.0
+        await sender.stop()
+        await parts.aclose()
+    return ours, base
+
+
+def quartiles(figures: list[float]) -> str:
+    low, mid, high = statistics.quantiles(figures, n=4) if len(figures) > 1 else figures * 3
+    return f"{mid:5.2f} ms (quartiles {low:.2f}-{high:.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="girls, one at a time")
+    parser.add_argument("--rounds", type=int, default=5, help="check-in cycles per girl")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.clients * max(args.rounds, 1) * len(CYCLE) < CHUNK:
+        parser.error(f"measure at least {CHUNK} turns: raise --clients or --rounds")
+    ours, base = asyncio.run(measure(args.clients, max(args.rounds, 1)))
+    print(
+        f"turn cost: {len(ours) * CHUNK} turns of the check-in cycle, one at a time, SQLite, "
+        "no Telegram; CPU per turn"
+    )
+    print(f"  her turn                        {quartiles(ours)}")
+    print(f"  a stranger's text (baseline)    {quartiles(base)}")
+    print(f"  her turn costs {statistics.median(ours) / statistics.median(base):.1f}x the baseline")
+
+
+if __name__ == "__main__":
+    main()
