@@ -9,9 +9,10 @@ is the cheapest message the service handles: a text from a chat nobody is linked
 look-up and a neutral answer, nothing stored).
 
 `bench/turn_latency.py` measures the whole bot under load, where the VM's speed moves the
-figures by a third from one hour to the next. For a count that does not depend on the
-machine, run this one under callgrind with two numbers of rounds and divide the difference
-by the extra turns (80 per round with the defaults):
+figures by a third from one hour to the next; here the quartiles lie within a few per cent.
+To count instructions instead of seconds, run it under callgrind with two numbers of rounds
+and divide the difference by the extra turns (80 per round with the defaults; the sender's
+threads make the count vary a little with timing):
 
     .venv/bin/python bench/turn_cost.py
     valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 1
