@@ -36,20 +36,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.turn_latency import FIRST_CHAT, bench_care  # noqa: E402
 from bot.bootstrap import build, make_sender  # noqa: E402
-from care import directory  # noqa: E402
-from care.context import Care  # noqa: E402
 from care.conversation import Inbound  # noqa: E402
-from care.crypto import keyring_from_set, new_key_set  # noqa: E402
-from care.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from care.models import Worker  # noqa: E402
+from care.db import upgrade  # noqa: E402
 from care.outbox import Button, Delivered, Outgoing  # noqa: E402
-from care.settings import DEFAULT_CONFIG, RateLimits, load_settings  # noqa: E402
-from care.vault import Vault  # noqa: E402
 from nlu import NluConfig, build_nlu  # noqa: E402
 from nlu.config import default_cache_dir  # noqa: E402
 
-FIRST_CHAT = 900_000_000
 STRANGER = 800_000_000
 CHUNK = 20
 """Turns per measured chunk: the figures are the median and quartiles over chunks."""
@@ -89,26 +83,10 @@ async def measure(clients: int, rounds: int) -> tuple[list[float], list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         upgrade(url)
-        base = load_settings(DEFAULT_CONFIG, environ={})
-        # Telegram's pacing (1 message/s per chat) lifted: this measures work, not waiting.
-        telegram = base.telegram.model_copy(
-            update={"rate_limits": RateLimits(per_chat_per_second=30, overall_per_second=1000)}
+        care = bench_care(url, clients)
+        parts = build(
+            care.settings, care=care, nlu=build_nlu(NluConfig(cache_dir=default_cache_dir()))
         )
-        settings = base.model_copy(update={"telegram": telegram})
-        keyring = keyring_from_set(new_key_set(), "bench")
-        engine = make_engine(url)
-        care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
-        with care.sessions.begin() as session:
-            org = directory.add_organisation(session, "Bench")
-            issued = directory.add_worker(session, care.vault, org.name, "Anna")
-            worker = session.get(Worker, issued.id)
-            assert worker is not None
-            for n in range(clients):
-                invited = directory.invite_client(
-                    session, care.vault, worker, alias=f"girl-{n}", language="nl"
-                )
-                directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
-        parts = build(settings, care=care, nlu=build_nlu(NluConfig(cache_dir=default_cache_dir())))
         await parts.warm()
         channel = InstantChannel()
         sender = make_sender(parts, channel)

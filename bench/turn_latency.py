@@ -44,13 +44,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
+
+if TYPE_CHECKING:
+    from care.context import Care
 
 PG_ADMIN_DSN = os.environ.get(
     "AFTERCARE_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -237,9 +240,10 @@ def _drop(name: str | None) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dict[str, Any]:
-    """The whole bot (bootstrap.serve_telegram) with the embedded NLU."""
-    from bot.bootstrap import build, serve_telegram
+def bench_care(url: str, clients: int) -> Care:
+    """Our storage on a migrated database: one worker with `clients` girls, the n-th linked to
+    chat FIRST_CHAT + n; Telegram's pacing (1 message/s per chat) lifted, since the
+    benchmarks measure the bot's work, not Telegram's limits. (Also used by turn_cost.py.)"""
     from care import directory
     from care.context import Care
     from care.crypto import keyring_from_set, new_key_set
@@ -247,30 +251,39 @@ async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dic
     from care.models import Worker
     from care.settings import DEFAULT_CONFIG, RateLimits, load_settings
     from care.vault import Vault
+
+    base = load_settings(DEFAULT_CONFIG, environ={})
+    telegram = base.telegram.model_copy(
+        update={"rate_limits": RateLimits(per_chat_per_second=30, overall_per_second=1000)}
+    )
+    settings = base.model_copy(update={"telegram": telegram})
+    keyring = keyring_from_set(new_key_set(), "bench")
+    engine = make_engine(url)
+    care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
+    with care.sessions.begin() as session:
+        org = directory.add_organisation(session, "Bench")
+        issued = directory.add_worker(session, care.vault, org.name, "Anna")
+        worker = session.get(Worker, issued.id)
+        assert worker is not None
+        for n in range(clients):
+            invited = directory.invite_client(
+                session, care.vault, worker, alias=f"girl-{n}", language="nl"
+            )
+            directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
+    return care
+
+
+async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dict[str, Any]:
+    """The whole bot (bootstrap.serve_telegram) with the embedded NLU."""
+    from bot.bootstrap import build, serve_telegram
     from nlu import NluConfig, build_nlu
     from nlu.config import default_cache_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         url, pg_name = _database(backend, Path(tmp))
         try:
-            base = load_settings(DEFAULT_CONFIG, environ={})
-            telegram = base.telegram.model_copy(
-                update={"rate_limits": RateLimits(per_chat_per_second=30, overall_per_second=1000)}
-            )
-            settings = base.model_copy(update={"telegram": telegram})
-            keyring = keyring_from_set(new_key_set(), "bench")
-            engine = make_engine(url)
-            care = Care(settings, engine, make_sessionmaker(engine), keyring, Vault(keyring))
-            with care.sessions.begin() as session:
-                org = directory.add_organisation(session, "Bench")
-                issued = directory.add_worker(session, care.vault, org.name, "Anna")
-                worker = session.get(Worker, issued.id)
-                assert worker is not None
-                for n in range(clients):
-                    invited = directory.invite_client(
-                        session, care.vault, worker, alias=f"girl-{n}", language="nl"
-                    )
-                    directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
+            care = bench_care(url, clients)
+            settings = care.settings
             nlu = build_nlu(NluConfig(cache_dir=default_cache_dir()))
             parts = build(settings, care=care, nlu=nlu)
             stop = asyncio.Event()
