@@ -232,7 +232,7 @@ def _settled_state(row: OutboxMessage) -> tuple[Any, ...]:
 
 def rewrite(session: Session, row: OutboxMessage) -> None:
     """Store a written row's new status, claim, attempts and error."""
-    values = {name: getattr(row, name) for name in _SETTLED_COLUMNS}
+    values = dict(zip(_SETTLED_COLUMNS, _settled_state(row), strict=True))
     session.connection().execute(_REWRITE_ROW, {"row_id": row.id, **values})
 
 
