@@ -51,6 +51,7 @@ from care.models import (
     OutboxMessage,
     OutboxPriority,
     ProcessedUpdate,
+    RecipientKind,
     Severity,
     Worker,
 )
@@ -79,6 +80,17 @@ _T = TypeVar("_T")
 
 InboundKind = Literal["text", "choice", "command", "unsupported"]
 _Who = Literal["client", "worker", "nobody"]
+
+
+@dataclass(frozen=True)
+class _Duress:
+    """What the first look before a text turn found: whether her text is the duress word of
+    her organisation (the turn trusts it while she is the same client of the same one)."""
+
+    client_id: int
+    org_id: int
+    said: bool
+
 
 MAX_TEXT_CHARS = 2000
 """Longer texts get a kind "please write it shorter" instead of being read."""
@@ -300,7 +312,13 @@ _SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
     _SESSIONS.c.client_id == bindparam("client_id")
 )
 _SESSION_NEW = insert(_SESSIONS)
-_SESSION_SAVE = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("row_id"))
+_SESSION_SAVE = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("row_id"))
+    .returning(outbox.open_for(RecipientKind.CLIENT, _SESSIONS.c.client_id))
+)
+"""Her new state; it also answers whether a message is still open for her, which the sender
+asks before it takes the turn's replies (`outbox.note_open`): one round trip less a turn."""
 # Her check-in too: a turn answers at most one, as a plain row.
 _CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
@@ -378,7 +396,7 @@ class ConversationService:
             )
         if inbound.kind != "text":
             return await self._handle_plain(inbound)
-        kind, person_id, lang = await asyncio.to_thread(self._who, inbound)
+        kind, person_id, lang, duress = await asyncio.to_thread(self._who, inbound)
         if kind == "nobody":
             return await asyncio.to_thread(self._stranger, inbound)
         understanding = None
@@ -387,7 +405,9 @@ class ConversationService:
             # recognised in the turn, which then ignores this.
             understanding = await self.nlu.understand(inbound.text, lang)
         try:
-            left = await asyncio.to_thread(self._turn, inbound, kind, person_id, understanding)
+            left = await asyncio.to_thread(
+                self._turn, inbound, kind, person_id, understanding, duress
+            )
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
@@ -441,16 +461,23 @@ class ConversationService:
         kind, left = self._transact(work)
         return None if kind is None else (kind, left)
 
-    def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
-        """Read-only first look: who, their id and language. (A duplicate update is found by
-        the turn; until then it costs one look and one NLU reading.)"""
+    def _who(self, inbound: Inbound) -> tuple[_Who, int, str, _Duress | None]:
+        """Read-only first look: who, their id and language, and for her whether the text is
+        her organisation's duress word. (A duplicate update is found by the turn; until then
+        it costs one look and one NLU reading.)"""
         # Autocommit: one statement, no transaction to begin and end (on SQLite it need not
         # wait for the turn of the writers, see `care.db.SqliteTurns`).
         with self.care.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             found = directory.look_up_chat(conn, self.care.keyring, inbound.chat_id)
         if found is None:
-            return "nobody", 0, inbound.language or self.settings.default_language
-        return found
+            return "nobody", 0, inbound.language or self.settings.default_language, None
+        duress = None
+        if found.kind == "client" and found.org_id is not None:
+            said = directory.matches_duress(
+                self.care.keyring, found.org_id, found.duress_index, inbound.text
+            )
+            duress = _Duress(found.id, found.org_id, said)
+        return found.kind, found.id, found.language, duress
 
     def _mark_processed(
         self, session: Session, inbound: Inbound, *, savepoint: bool = False
@@ -512,11 +539,20 @@ class ConversationService:
         state.session = step.session
         self._save(session, client, state)
 
-    def _turn(self, inbound: Inbound, kind: _Who, person_id: int, understanding: Any) -> bool:
+    def _turn(
+        self,
+        inbound: Inbound,
+        kind: _Who,
+        person_id: int,
+        understanding: Any,
+        duress: _Duress | None = None,
+    ) -> bool:
         """One turn in one transaction; True when it wrote messages the sender must look for
         (those it did not take over)."""
         _, left = self._transact(
-            lambda session: self._turn_in(session, inbound, kind, person_id, understanding)
+            lambda session: self._turn_in(
+                session, inbound, kind, person_id, understanding, duress=duress
+            )
         )
         return left
 
@@ -542,9 +578,11 @@ class ConversationService:
         person_id: int,
         understanding: Any,
         locked: Client | None = None,
+        *,
+        duress: _Duress | None = None,
     ) -> None:
         """The turn itself; `locked` is her row when it was just read (and locked) in this
-        transaction."""
+        transaction, `duress` what the first look found about her text."""
         self._mark_processed(session, inbound)
         now = self.clock.now()
         index = directory.chat_index(self.care.keyring, inbound.chat_id)
@@ -565,7 +603,7 @@ class ConversationService:
                 return
             client = session.get(Client, linked.client.id, with_for_update=True)
             assert client is not None
-        self._client_turn(session, client, inbound, understanding, now)
+        self._client_turn(session, client, inbound, understanding, now, duress)
 
     def _worker_turn(
         self, session: Session, worker: Worker, inbound: Inbound, now: datetime
@@ -601,9 +639,10 @@ class ConversationService:
         inbound: Inbound,
         understanding: Any,
         now: datetime,
+        duress: _Duress | None = None,
     ) -> None:
         self._remember(session, client, inbound.message_id, now)
-        if inbound.kind == "text" and self._is_duress(session, client, inbound.text):
+        if inbound.kind == "text" and self._is_duress(session, client, inbound.text, duress):
             # Something ordinary for whoever reads along; a silent alarm for her worker.
             self._reply(session, client, text_for("duress_reply", client.language))
             escalations.raise_escalation(
@@ -664,7 +703,11 @@ class ConversationService:
             len(step.events),
         )
 
-    def _is_duress(self, session: Session, client: Client, text: str) -> bool:
+    def _is_duress(
+        self, session: Session, client: Client, text: str, looked: _Duress | None
+    ) -> bool:
+        if looked is not None and (looked.client_id, looked.org_id) == (client.id, client.org_id):
+            return looked.said  # her first look read her organisation's duress index already
         org = session.get(Organisation, client.org_id)
         return org is not None and directory.is_duress(self.care.keyring, org, text)
 
@@ -908,7 +951,10 @@ class ConversationService:
             result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
             state.row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         else:
-            connection.execute(_SESSION_SAVE, {"row_id": state.row_id, **values})
+            saved = connection.execute(_SESSION_SAVE, {"row_id": state.row_id, **values})
+            still_open = saved.scalar()
+            if still_open is not None:  # (None: no row was updated; the sender then asks)
+                outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(still_open))
 
     # ------------------------------------------------------------------ applying events
 

@@ -93,10 +93,16 @@ def normalise_duress(text: str) -> str:
 
 def is_duress(keyring: KeyRing, org: Organisation, text: str) -> bool:
     """True when `text` is the organisation's duress word."""
-    if org.duress_index is None or len(text) > 200:
+    return matches_duress(keyring, org.id, org.duress_index, text)
+
+
+def matches_duress(keyring: KeyRing, org_id: int, duress_index: str | None, text: str) -> bool:
+    """True when `text` is the duress word of organisation `org_id`, whose duress index (as
+    stored, or None when it has none) the caller read."""
+    if duress_index is None or len(text) > 200:
         return False
-    candidate = keyring.blind_index("duress", f"{org.id}:{normalise_duress(text)}")
-    return secrets.compare_digest(candidate, org.duress_index)
+    candidate = keyring.blind_index("duress", f"{org_id}:{normalise_duress(text)}")
+    return secrets.compare_digest(candidate, duress_index)
 
 
 @dataclass(frozen=True)
@@ -295,22 +301,37 @@ def find_by_chat(session: Session, keyring: KeyRing, chat_id: int, *, lock: bool
     return Linked(worker, None)
 
 
-_CLIENT_LOOK = select(Client.id, Client.language).where(Client.chat_index == bindparam("index"))
+_CLIENT_LOOK = (
+    select(Client.id, Client.language, Client.org_id, Organisation.duress_index)
+    .join(Organisation, Organisation.id == Client.org_id)
+    .where(Client.chat_index == bindparam("index"))
+)
 _WORKER_LOOK = select(Worker.id, Worker.language).where(Worker.chat_index == bindparam("index"))
 
 
-def look_up_chat(
-    connection: Connection, keyring: KeyRing, chat_id: int
-) -> tuple[Literal["client", "worker"], int, str] | None:
-    """Who this chat belongs to (kind, id, language), or None: a read of two columns, for a
-    first look before a turn (the turn itself reads her again, in its transaction)."""
+@dataclass(frozen=True)
+class Look:
+    """Who a chat belongs to, as a first look before a turn reads it."""
+
+    kind: Literal["client", "worker"]
+    id: int
+    language: str
+    org_id: int | None = None
+    """Her organisation (a client's look only)."""
+    duress_index: str | None = None
+    """Her organisation's duress index, None when it has no duress word (a client's look)."""
+
+
+def look_up_chat(connection: Connection, keyring: KeyRing, chat_id: int) -> Look | None:
+    """Who this chat belongs to, or None: one small read, for a first look before a turn (the
+    turn itself reads her again, in its transaction)."""
     params = {"index": chat_index(keyring, chat_id)}
     client = connection.execute(_CLIENT_LOOK, params).first()
     if client is not None:
-        return "client", client.id, client.language
+        return Look("client", client.id, client.language, client.org_id, client.duress_index)
     worker = connection.execute(_WORKER_LOOK, params).first()
     if worker is not None:
-        return "worker", worker.id, worker.language
+        return Look("worker", worker.id, worker.language)
     return None
 
 

@@ -35,7 +35,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
-from sqlalchemy import Integer, Select, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
@@ -218,12 +231,22 @@ def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
     `id`. The rows stay plain objects, outside the session: for the one or two rows of a
     turn, the ORM's unit of work costs more than the statements. A row changed after this
     goes back with `rewrite`."""
+    new = [row for row in rows if row.id is None]
+    if not new:
+        return
     connection = session.connection()
-    for row in rows:
-        if row.id is None:
-            values = {name: getattr(row, name) for name in _WRITTEN_COLUMNS}
-            result = connection.execute(_INSERT_ROW, values)
-            row.id = result.inserted_primary_key[0]
+    values = [{name: getattr(row, name) for name in _WRITTEN_COLUMNS} for row in new]
+    if len(new) == 1:
+        new[0].id = connection.execute(_INSERT_ROWS, values[0]).scalar_one()
+    else:  # one statement for all (the ids come back in the order of the rows)
+        ids = connection.execute(_INSERT_ROWS, values).scalars().all()
+        for row, row_id in zip(new, ids, strict=True):
+            row.id = row_id
+    known = session.info.get(_KNOWN_OPEN)
+    if known is not None:
+        for row in new:
+            if row.status in _OPEN:
+                known[(row.recipient_kind, row.recipient_id)] = True
 
 
 def _settled_state(row: OutboxMessage) -> tuple[Any, ...]:
@@ -600,20 +623,52 @@ class _GroupCommit:
         return outcomes
 
 
+_OPEN = (OutboxStatus.PENDING, OutboxStatus.SENDING)
 _OPEN_FOR_PERSON = (
     select(OutboxMessage.id)
     .where(
         OutboxMessage.recipient_kind == bindparam("kind"),
         OutboxMessage.recipient_id == bindparam("person"),
-        OutboxMessage.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+        OutboxMessage.status.in_(_OPEN),
     )
     .limit(1)
 )
 """A row still open for this person (built once: see `take`)."""
 
 
+def open_for(kind: RecipientKind, person: ColumnElement[int]) -> Exists:
+    """Whether a row is still open for the person in column `person` (SQL), for a statement
+    the caller runs anyway: its answer goes to `note_open`."""
+    return exists().where(
+        OutboxMessage.recipient_kind == kind,
+        OutboxMessage.recipient_id == person,
+        OutboxMessage.status.in_(_OPEN),
+    )
+
+
+_KNOWN_OPEN = "aftercare.outbox_open"
+
+
+def note_open(session: Session, kind: RecipientKind, person: int, is_open: bool) -> None:
+    """Tell `take`, later in this transaction, whether a row was open for this person (read
+    by a statement of the turn that ran after her row was locked: `open_for`). `take` then
+    needs no query of its own; `write` notes the rows it writes."""
+    session.info.setdefault(_KNOWN_OPEN, {})[(kind, person)] = is_open
+
+
+def _is_open(session: Session, kind: RecipientKind, person: int) -> bool:
+    """Whether an older row is open for this person: as noted in this transaction (once), or
+    asked of the database."""
+    known = session.info.get(_KNOWN_OPEN)
+    noted = known.pop((kind, person), None) if known else None
+    if noted is not None:
+        return bool(noted)
+    query = {"kind": kind, "person": person}
+    return session.connection().execute(_OPEN_FOR_PERSON, query).first() is not None
+
+
 _OUTBOX = cast(Table, OutboxMessage.__table__)
-_INSERT_ROW = insert(_OUTBOX)
+_INSERT_ROWS = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
 _REWRITE_ROW = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
 _MINE = and_(
     _OUTBOX.c.id == bindparam("row_id"),
@@ -664,7 +719,7 @@ def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
             or_(
                 and_(p.status == OutboxStatus.SENDING, p.claimed_until >= now),
                 and_(
-                    p.status.in_((OutboxStatus.PENDING, OutboxStatus.SENDING)),
+                    p.status.in_(_OPEN),
                     or_(
                         p.priority < o.priority,
                         and_(p.priority == o.priority, p.id < o.id),
@@ -810,10 +865,8 @@ class OutboxSender:
             if row.id is None and row.status is OutboxStatus.PENDING and row.not_before <= now:
                 groups.setdefault((row.recipient_kind, row.recipient_id), []).append(row)
         claimed: list[list[OutboxMessage]] = []
-        connection = session.connection()
         for (kind, person), group in groups.items():
-            older = connection.execute(_OPEN_FOR_PERSON, {"kind": kind, "person": person}).first()
-            if older is not None:
+            if _is_open(session, kind, person):
                 continue
             # By priority, then in the order written (the sort is stable).
             group.sort(key=lambda r: r.priority)

@@ -5,6 +5,7 @@ Each test is what a girl or her worker does in Telegram and what they then see.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from sqlalchemy import func, select
@@ -333,6 +334,24 @@ async def test_the_same_update_twice_is_processed_once(telegram_bot: TelegramWor
     fake.redeliver(update_id)
     await tg.settle()
     assert len(fake.sent(CLIENT_CHAT)) == before + 1
+
+
+async def test_a_reply_waits_for_the_one_still_on_its_way(telegram_bot: TelegramWorld) -> None:
+    """Her next message is handled while the bot's answer to the last one is still being
+    delivered: the new answer follows it, never overtakes it."""
+    tg = telegram_bot
+    fake = tg.fake
+    await tg.enroll()
+    before = len(fake.sent(CLIENT_CHAT))
+    fake.delay_next("sendMessage", 0.8, chat_id=CLIENT_CHAT)  # the first answer is slow
+    fake.push_command(CLIENT_CHAT, "/checkin")
+    await fake.wait_for_async(lambda: fake.pending_updates() == 0, 5)
+    await asyncio.sleep(0.2)  # its turn committed; its answer is on its way
+    fake.push_text(CLIENT_CHAT, "hoi")
+    await tg.settle()
+    texts = fake.texts(CLIENT_CHAT)[before:]
+    assert len(texts) == 2, texts
+    assert "Hoe gaat het" in texts[0], "the check-in question came first, as asked first"
 
 
 async def test_forged_and_old_buttons_change_nothing(telegram_bot: TelegramWorld) -> None:
