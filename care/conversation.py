@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -315,10 +315,12 @@ _SESSION_NEW = insert(_SESSIONS)
 _SESSION_SAVE = (
     update(_SESSIONS)
     .where(_SESSIONS.c.id == bindparam("row_id"))
-    .returning(outbox.open_for(RecipientKind.CLIENT, _SESSIONS.c.client_id))
+    .returning(outbox.open_for(RecipientKind.CLIENT, bindparam("her_id", type_=Integer)))
 )
 """Her new state; it also answers whether a message is still open for her, which the sender
-asks before it takes the turn's replies (`outbox.note_open`): one round trip less a turn."""
+asks before it takes the turn's replies (`outbox.note_open`): one round trip less a turn.
+(Her id goes in as a parameter: SQLite writes the columns of an UPDATE's RETURNING
+unqualified, and inside the subquery `client_id` would then be the outbox's own column.)"""
 # Her check-in too: a turn answers at most one, as a plain row.
 _CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
@@ -951,7 +953,9 @@ class ConversationService:
             result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
             state.row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         else:
-            saved = connection.execute(_SESSION_SAVE, {"row_id": state.row_id, **values})
+            saved = connection.execute(
+                _SESSION_SAVE, {"row_id": state.row_id, "her_id": client.id, **values}
+            )
             still_open = saved.scalar()
             if still_open is not None:  # (None: no row was updated; the sender then asks)
                 outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(still_open))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from care.models import (
@@ -196,6 +198,38 @@ async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
     assert "niets gestuurd" in (sent[0].text or "")
     await tg.settle()
     assert len(fake.sent(CLIENT_CHAT)) == her_before
+
+
+async def test_a_first_look_from_before_a_move_does_not_hide_the_duress_word(
+    telegram_bot: TelegramWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look before a text turn reads her organisation's duress word; when that look is
+    out of date (she moved to another organisation meanwhile), the turn asks again."""
+    import dataclasses
+
+    from care import directory
+    from care.models import Organisation
+
+    tg = telegram_bot
+    fake = tg.fake
+    with tg.care.sessions.begin() as session:
+        org = session.scalars(select(Organisation)).one()
+        directory.set_duress_word(session, tg.care.keyring, org, "Paraplu", "test")
+    await tg.enroll()
+    real_look = directory.look_up_chat
+
+    def look_from_before(*args: Any) -> directory.Look | None:
+        found = real_look(*args)
+        if found is None or found.org_id is None:
+            return found
+        return dataclasses.replace(found, org_id=found.org_id + 1000, duress_index=None)
+
+    monkeypatch.setattr(directory, "look_up_chat", look_from_before)
+    worker_before = len(fake.sent(WORKER_CHAT))
+    sent = await tg.exchange(lambda: fake.push_text(CLIENT_CHAT, "paraplu"))
+    assert sent[0].text == "Oké, top! 👍"
+    alerts = await tg.bot_says(worker_before + 1, WORKER_CHAT)
+    assert "STIL ALARM" in (alerts[-1].text or "")
 
 
 async def test_worker_commands(telegram_bot: TelegramWorld) -> None:

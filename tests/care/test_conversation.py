@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
 import dialogues
+from care import directory, outbox
 from care.context import Care
 from care.conversation import LazyContext, in_office_hours
 from care.models import (
@@ -20,10 +24,14 @@ from care.models import (
     ClientStatus,
     OutboxMessage,
     OutboxPriority,
+    OutboxStatus,
     ProcessedUpdate,
     RecipientKind,
+    Worker,
 )
+from care.outbox import OutboxSender, SenderOptions
 from tests.bot.world import CLIENT_CHAT, OFFICE_TIME, World, make_world
+from tests.reminders.helpers import FakeChannel
 
 
 @pytest.fixture
@@ -215,6 +223,45 @@ async def test_her_text_never_reaches_the_logs(
     assert "turn.handled" in logged
 
 
+async def test_her_reply_goes_to_the_sender_in_her_turn_whatever_waits_for_others(
+    world: World,
+) -> None:
+    """A message still waiting for another girl does not hold hers back: the turn hands her
+    reply to the sender in its own transaction (no claim, no wait for the next look)."""
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        # What onboarding sent her is delivered (nothing sends in this world).
+        session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT))
+        worker = session.get(Worker, world.worker_id)
+        assert worker is not None
+        other = directory.invite_client(session, world.care.vault, worker, alias="iris-2")
+    sender = OutboxSender(world.care, FakeChannel(), options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)  # its first look is over; it looks again in 30 s
+    with world.care.sessions.begin() as session:  # a message for her waits (no wake)
+        her = session.get(Client, other.id)
+        assert her is not None
+        outbox.enqueue(
+            session, world.care.vault, her, {"type": "text", "text": "hoi"}, kind="reply"
+        )
+    taken: list[tuple[int, int]] = []
+    real_take = sender.take
+
+    def take(session: Session, rows: Sequence[OutboxMessage]) -> list[Any]:
+        mine = real_take(session, rows)
+        taken.append((len(rows), len(mine)))
+        return mine
+
+    sender.take = take  # type: ignore[method-assign]
+    world.service.set_handoff(sender)
+    try:
+        await world.command("checkin")
+    finally:
+        world.service.set_handoff(None)
+        await sender.stop(flush=False)
+    assert taken == [(1, 1)], "her reply was handed over in her turn"
+
+
 async def test_worker_replies_and_alerts_are_for_the_worker(world: World) -> None:
     await enrolled(world)
     await world.text("help ik ben in gevaar")
@@ -252,6 +299,8 @@ async def test_a_new_code_in_a_linked_chat_moves_the_chat_to_its_person(world: W
 
     await enrolled(world)
     with world.care.sessions.begin() as session:
+        # What onboarding sent her is delivered (nothing sends in this world).
+        session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT))
         worker = session.get(Worker, world.worker_id)
         assert worker is not None
         other = directory.invite_client(session, world.care.vault, worker, alias="maan-2")
