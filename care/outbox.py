@@ -637,8 +637,10 @@ _OPEN_FOR_PERSON = (
 
 
 def open_for(kind: RecipientKind, person: ColumnElement[int]) -> Exists:
-    """Whether a row is still open for the person in column `person` (SQL), for a statement
-    the caller runs anyway: its answer goes to `note_open`."""
+    """Whether a row is still open for the person whose id is `person` (SQL), for a statement
+    the caller runs anyway: its answer goes to `note_open`. Give the id as a bound parameter,
+    not as a column of an UPDATE's table: SQLite writes RETURNING's columns unqualified, and
+    inside this subquery a name the outbox also has (`client_id`) would be the outbox's."""
     return exists().where(
         OutboxMessage.recipient_kind == kind,
         OutboxMessage.recipient_id == person,
