@@ -169,18 +169,23 @@ async def test_wipe_deletes_every_recorded_message(telegram_bot: TelegramWorld) 
     assert kept == [left[0].message_id]
 
 
-async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
-    telegram_bot: TelegramWorld,
-) -> None:
+async def _enrolled_with_duress_word(tg: TelegramWorld, word: str) -> None:
+    """Her organisation gets a duress word; then she enrolls."""
     from care import directory
     from care.models import Organisation
 
-    tg = telegram_bot
-    fake = tg.fake
     with tg.care.sessions.begin() as session:
         org = session.scalars(select(Organisation)).one()
-        directory.set_duress_word(session, tg.care.keyring, org, "Paraplu", "test")
+        directory.set_duress_word(session, tg.care.keyring, org, word, "test")
     await tg.enroll()
+
+
+async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
+    telegram_bot: TelegramWorld,
+) -> None:
+    tg = telegram_bot
+    fake = tg.fake
+    await _enrolled_with_duress_word(tg, "Paraplu")
     worker_before = len(fake.sent(WORKER_CHAT))
     sent = await tg.exchange(lambda: fake.push_text(CLIENT_CHAT, "paraplu"))
     assert sent[0].text == "Oké, top! 👍"
@@ -208,14 +213,10 @@ async def test_a_first_look_from_before_a_move_does_not_hide_the_duress_word(
     import dataclasses
 
     from care import directory
-    from care.models import Organisation
 
     tg = telegram_bot
     fake = tg.fake
-    with tg.care.sessions.begin() as session:
-        org = session.scalars(select(Organisation)).one()
-        directory.set_duress_word(session, tg.care.keyring, org, "Paraplu", "test")
-    await tg.enroll()
+    await _enrolled_with_duress_word(tg, "Paraplu")
     real_look = directory.look_up_chat
 
     def look_from_before(*args: Any) -> directory.Look | None:

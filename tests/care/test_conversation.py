@@ -50,6 +50,14 @@ async def enrolled(world: World) -> World:
     return world
 
 
+def invite_another(world: World, alias: str) -> directory.Issued:
+    """A second client of her worker, invited (not linked)."""
+    with world.care.sessions.begin() as session:
+        worker = session.get(Worker, world.worker_id)
+        assert worker is not None
+        return directory.invite_client(session, world.care.vault, worker, alias=alias)
+
+
 async def test_start_flow_sends_once_per_dedupe_key(world: World) -> None:
     await enrolled(world)
     expires = world.clock.now() + timedelta(hours=3)
@@ -232,9 +240,7 @@ async def test_her_reply_goes_to_the_sender_in_her_turn_whatever_waits_for_other
     with world.care.sessions.begin() as session:
         # What onboarding sent her is delivered (nothing sends in this world).
         session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT))
-        worker = session.get(Worker, world.worker_id)
-        assert worker is not None
-        other = directory.invite_client(session, world.care.vault, worker, alias="iris-2")
+    other = invite_another(world, "iris-2")
     sender = OutboxSender(world.care, FakeChannel(), options=SenderOptions(poll_seconds=30))
     await sender.start()
     await asyncio.sleep(0.1)  # its first look is over; it looks again in 30 s
@@ -294,16 +300,8 @@ async def test_new_clients_get_the_configured_auto_delete(care_ctx: Care) -> Non
 
 
 async def test_a_new_code_in_a_linked_chat_moves_the_chat_to_its_person(world: World) -> None:
-    from care import directory
-    from care.models import Worker
-
     await enrolled(world)
-    with world.care.sessions.begin() as session:
-        # What onboarding sent her is delivered (nothing sends in this world).
-        session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT))
-        worker = session.get(Worker, world.worker_id)
-        assert worker is not None
-        other = directory.invite_client(session, world.care.vault, worker, alias="maan-2")
+    other = invite_another(world, "maan-2")
     await world.command("start", other.code)
     assert world.to_client()[0].text == "Hoi! 👋 Fijn dat je er bent."
     with world.care.sessions() as session:
