@@ -58,6 +58,8 @@ CHUNK = 20
 SETTLE = 0.02
 """Seconds between turns, for the sent marks to be committed (waiting costs no CPU)."""
 PATIENCE = 30.0
+TRACE_WIDTH = 110
+"""Characters of each statement that `--trace` prints."""
 
 # (what she does, the value, how many messages the bot answers with)
 CYCLE = [("command", "checkin", 1), ("choice", "", 2), ("choice", "", 1), ("text", "dank je", 1)]
@@ -100,6 +102,9 @@ class Figures:
     """Ms from each of her turns to its first reply."""
     statements: int = 0
     """SQL statements her measured turns sent (the sender's marks included)."""
+    trace: list[str] = field(default_factory=list)
+    """The first measured cycle of the first girl: each turn, then its statements (their SQL
+    with placeholders, never a value)."""
 
 
 async def measure(clients: int, rounds: int, backend: str) -> Figures:
@@ -115,11 +120,13 @@ async def measure(clients: int, rounds: int, backend: str) -> Figures:
 async def _measure(url: str, clients: int, rounds: int) -> Figures:
     care = bench_care(url, clients)
     figures = Figures()
-    counting = False
+    counting = tracing = False
 
-    def count(*_: object) -> None:
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         if counting:
             figures.statements += 1
+            if tracing:
+                figures.trace.append("    " + " ".join(statement.split())[:TRACE_WIDTH])
 
     event.listen(care.engine, "before_cursor_execute", count)
     parts = build(care.settings, care=care, nlu=build_nlu(NluConfig(cache_dir=default_cache_dir())))
@@ -160,6 +167,9 @@ async def _measure(url: str, clients: int, rounds: int) -> Figures:
         for n in range(clients):
             for kind, value, replies in CYCLE:
                 counting = bool(cycle)
+                tracing = cycle == 1 and n == 0
+                if tracing:
+                    figures.trace.append(f"  {kind} {value}".rstrip())
                 began = time.process_time()
                 wall = await her_turn(FIRST_CHAT + n, kind, value, replies)
                 spent += time.process_time() - began
@@ -172,7 +182,7 @@ async def _measure(url: str, clients: int, rounds: int) -> Figures:
                         ours.append(spent * 1e3 / CHUNK)
                     spent, turns = 0.0, 0
     await asyncio.sleep(SETTLE)
-    counting = False
+    counting = tracing = False
     for n in range(len(ours) * CHUNK):
         began = time.process_time()
         await strangers_text(STRANGER + n)
@@ -197,6 +207,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20, help="girls, one at a time")
     parser.add_argument("--rounds", type=int, default=5, help="check-in cycles per girl")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--trace", action="store_true", help="also print the SQL of one check-in cycle"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.clients * max(args.rounds, 1) * len(CYCLE) < CHUNK:
@@ -212,6 +225,9 @@ def main() -> None:
     print(f"  her turn costs {statistics.median(ours) / statistics.median(base):.1f}x the baseline")
     print(f"  her turn to its first reply        {quartiles(walls)} (wall clock)")
     print(f"  SQL statements per turn            {figures.statements / len(walls):5.2f}")
+    if args.trace:
+        print("one check-in cycle, each turn and the statements it sent (the sender's included):")
+        print("\n".join(figures.trace))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Select, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -312,6 +312,20 @@ _SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
     _SESSIONS.c.client_id == bindparam("client_id")
 )
 _SESSION_NEW = insert(_SESSIONS)
+_HER_WITH_SESSION = (
+    select(Client, _SESSIONS.c.id, _SESSIONS.c.state_enc)
+    .join(_SESSIONS, _SESSIONS.c.client_id == Client.id)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+"""Her row and her session row, both locked: the turn's first statement reads what `_load`
+would read next (one round trip less a turn). Both rows are locked, so that on PostgreSQL a
+turn that waited for hers reads the session as the turn before it left it (READ COMMITTED
+re-reads only the rows it locks). A girl without a session row is not found here."""
+_HER_BY_CHAT = _HER_WITH_SESSION.where(Client.chat_index == bindparam("index"))
+_HER_BY_ID = _HER_WITH_SESSION.where(Client.id == bindparam("client_id"))
+_READ_AHEAD = "conversation.session_read_ahead"
+"""`session.info` key: (her id, session row id, state) read with her row by `_lock_her`."""
 _SESSION_SAVE = (
     update(_SESSIONS)
     .where(_SESSIONS.c.id == bindparam("row_id"))
@@ -451,6 +465,11 @@ class ConversationService:
         nothing was written)."""
 
         def work(session: Session) -> _Who | None:
+            index = directory.chat_index(self.care.keyring, inbound.chat_id)
+            her = _lock_her(session, _HER_BY_CHAT, {"index": index})
+            if her is not None:
+                self._turn_in(session, inbound, "client", her.id, None, her)
+                return "client"
             linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id, lock=True)
             if linked.worker is not None:
                 self._turn_in(session, inbound, "worker", linked.worker.id, None)
@@ -594,7 +613,9 @@ class ConversationService:
             return
         client = locked
         if kind == "client" and client is None:
-            client = session.get(Client, person_id, with_for_update=True)
+            client = _lock_her(session, _HER_BY_ID, {"client_id": person_id}) or session.get(
+                Client, person_id, with_for_update=True
+            )
         if client is None or client.chat_index != index:
             # Linked or unlinked since the first look: ask the index again.
             linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id)
@@ -919,7 +940,11 @@ class ConversationService:
         return found
 
     def _load(self, session: Session, client: Client) -> _State:
-        row = session.connection().execute(_SESSION_OF, {"client_id": client.id}).first()
+        ahead = session.info.pop(_READ_AHEAD, None)
+        if ahead is not None and ahead[0] == client.id:
+            row = ahead[1:]
+        else:
+            row = session.connection().execute(_SESSION_OF, {"client_id": client.id}).first()
         if row is None:
             return _State(None)
         row_id, state_enc = row
@@ -939,6 +964,7 @@ class ConversationService:
             "fields": state.fields,
         }
         encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
+        session.info.pop(_READ_AHEAD, None)  # what it read is no longer her state
         connection = session.connection()
         if state.row_id is None:
             found = connection.execute(_SESSION_OF, {"client_id": client.id}).first()
@@ -1270,6 +1296,17 @@ class ConversationService:
         if total:
             log.info("auto_delete.queued messages=%d", total)
         return total
+
+
+def _lock_her(session: Session, statement: Select[Any], params: dict[str, Any]) -> Client | None:
+    """Lock her row and read her session row with it (`_HER_WITH_SESSION`); None when no
+    girl with a session row matches (then nothing is locked)."""
+    found = session.execute(statement, params).first()
+    if found is None:
+        return None
+    client, row_id, state_enc = found
+    session.info[_READ_AHEAD] = (client.id, row_id, state_enc)
+    return cast(Client, client)
 
 
 def _button_rows(choices: Sequence[dialogues.Choice]) -> list[list[list[str]]]:

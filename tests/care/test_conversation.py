@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -360,18 +363,34 @@ async def test_a_text_without_placeholders_does_not_read_her_appointments(
     assert not [s for s in statements if "FROM appointments" in s]
 
 
-async def test_a_double_tap_is_one_answer(world: World) -> None:
+async def test_a_double_tap_is_one_answer(world: World, care_ctx: Care) -> None:
     """Two presses of the same button at once (a double tap): her turns take turns on her row,
-    so the second finds the question answered and gets the gentle re-ask."""
+    so the second finds the question answered and gets the gentle re-ask. The first turn holds
+    her row a moment after it locked it, so that the second surely waits for it (on
+    PostgreSQL it must then read her session as the first left it, not as it was when it
+    began to wait)."""
     await enrolled(world)
     await world.command("checkin")
     button = world.to_client()[-1].button("Niet zo goed")
-    await asyncio.gather(
-        *(
-            world.service.handle(world.inbound(CLIENT_CHAT, "choice", choice_id=button))
-            for _ in "ab"
-        )
-    )
+    locks = itertools.count()
+    locked = threading.Event()
+
+    def hold_the_first(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FOR UPDATE" in statement and next(locks) == 0:
+            locked.set()
+            time.sleep(0.3)
+
+    def tap() -> Any:
+        return world.service.handle(world.inbound(CLIENT_CHAT, "choice", choice_id=button))
+
+    event.listen(care_ctx.engine, "after_cursor_execute", hold_the_first)
+    try:
+        first = asyncio.create_task(tap())
+        if world.care.engine.dialect.name == "postgresql":
+            assert await asyncio.to_thread(locked.wait, 10), "the first tap locked her row"
+        await asyncio.gather(first, tap())
+    finally:
+        event.remove(care_ctx.engine, "after_cursor_execute", hold_the_first)
     texts = [sent.text for sent in world.to_client()]
     assert sum("niet zo goed gaat" in text for text in texts) == 1, texts
     assert sum(text.startswith("Die knop hoort bij een eerder bericht") for text in texts) == 1
