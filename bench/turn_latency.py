@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -151,11 +152,28 @@ def _sys_seconds() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
+_gc_pauses: list[float] = []
+"""Seconds of each of the garbage collector's passes over the oldest generation, from ready."""
+_gc_began = 0.0
+
+
+def _time_full_collections(phase: str, info: dict[str, int]) -> None:
+    global _gc_began
+    if info.get("generation") != 2:
+        return
+    if phase == "start":
+        _gc_began = time.perf_counter()
+    else:
+        _gc_pauses.append(time.perf_counter() - _gc_began)
+
+
 def ready() -> None:
-    """Tell the parent the bot is serving (its CPU time counts from here)."""
+    """Tell the parent the bot is serving (its CPU time and its full collections count from
+    here)."""
     global _cpu_at_ready, _sys_at_ready
     _cpu_at_ready = _cpu_seconds()
     _sys_at_ready = _sys_seconds()
+    gc.callbacks.append(_time_full_collections)
     print("ready", flush=True)
 
 
@@ -166,6 +184,8 @@ def own_figures() -> dict[str, float]:
         "rss_mb": rss,
         "cpu_s": _cpu_seconds() - _cpu_at_ready,
         "sys_s": _sys_seconds() - _sys_at_ready,
+        "gc_full": len(_gc_pauses),
+        "gc_longest_ms": max(_gc_pauses, default=0.0) * 1e3,
     }
 
 
@@ -416,6 +436,12 @@ def main() -> None:
                 for method, count in sorted(figures["calls"].items(), key=lambda kv: -kv[1])
             )
             print(f"{name}: Bot API calls per turn: {per_turn}")
+    for name, figures in rows:
+        if "gc_full" in figures:
+            print(
+                f"{name}: {figures['gc_full']} full garbage collections while serving, "
+                f"the longest {figures['gc_longest_ms']:.1f} ms"
+            )
     base = echo.get("p50_ms")
     for name, figures in rows[2:]:
         if base and "p50_ms" in figures:

@@ -181,6 +181,13 @@ _INSERT_NEW: dict[tuple[str, Any], Insert] = {}
 def insert_new(session: Session, model: type[Any], **values: Any) -> None:
     """Insert a row unless one with the same unique key is there already (one statement, no
     savepoint: ON CONFLICT DO NOTHING on both SQLite and PostgreSQL)."""
+    insert_new_rows(session, model, [values])
+
+
+def insert_new_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """`insert_new` for several rows, in one statement (one round trip); nothing for none."""
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     stmt = _INSERT_NEW.get((dialect, model))
     if stmt is None:
@@ -194,7 +201,7 @@ def insert_new(session: Session, model: type[Any], **values: Any) -> None:
         _INSERT_NEW[(dialect, model)] = stmt
     # On the session's connection: a plain statement needs none of the session's bookkeeping
     # (it would not flush anything first either way).
-    session.connection().execute(stmt, values)
+    session.connection().execute(stmt, rows[0] if len(rows) == 1 else rows)
 
 
 @contextmanager

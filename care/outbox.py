@@ -52,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
-from care.db import insert_new
+from care.db import insert_new_rows
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from care.context import Care
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 
 PayloadKind = Literal["text", "photo", "delete", "edit"]
 
@@ -540,7 +541,17 @@ def _sender_name() -> str:
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-_Job = Callable[[Session], Any]
+@dataclass(frozen=True)
+class _Together:
+    """A job that runs with the others of its kind in the same batch: `run(session, args)`
+    does the work of all of them at once (one statement, not one each) and answers each, in
+    order."""
+
+    run: Callable[[Session, list[Any]], list[Any]]
+    arg: Any
+
+
+_Job = Callable[[Session], Any] | _Together
 
 _MIN_REFILL_GAP = 0.05
 """Seconds between two claims, however often `wake()` is called."""
@@ -553,9 +564,12 @@ class _GroupCommit:
 
     Jobs that arrive while a transaction is being committed wait and go together in the next
     one, so that a burst of sends costs a few commits instead of one or two each (on SQLite
-    with synchronous=FULL every commit is an fsync, and writers queue for one lock). Each
-    caller is answered when its job is durable. When a batch fails, its jobs are run again
-    one by one, each in its own transaction, so that one bad row cannot hold up the others.
+    with synchronous=FULL every commit is an fsync, and writers queue for one lock). Jobs of
+    one kind (`together`) also share their statements: a batch of sent marks is one UPDATE
+    and one INSERT, whatever its size, where each mark would be a round trip or two of its
+    own (on PostgreSQL, each of them also waits for the GIL again). Each caller is answered
+    when its job is durable. When a batch fails, its jobs are run again one by one, each in
+    its own transaction, so that one bad row cannot hold up the others.
     """
 
     def __init__(self, sessions: Callable[[], Session], max_batch: int) -> None:
@@ -566,9 +580,17 @@ class _GroupCommit:
         self._drainer: asyncio.Task[None] | None = None
         self.commits = 0
 
+    async def together(self, run: Callable[[Session, list[_A]], list[_T]], arg: _A) -> _T:
+        """Run `run(session, [arg, ...])` once for this and every other `arg` given with the
+        same `run` in the same batch; return this one's answer once committed."""
+        return cast(_T, await self._submit(_Together(run, arg)))
+
     async def run(self, job: Callable[[Session], _T]) -> _T:
         """Run `job(session)` in a transaction; return its result once committed."""
-        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        return cast(_T, await self._submit(job))
+
+    async def _submit(self, job: _Job) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((job, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="outbox-commit")
@@ -607,7 +629,7 @@ class _GroupCommit:
         if len(jobs) > 1:
             try:
                 with self._sessions() as session, session.begin():
-                    results = [job(session) for job in jobs]
+                    results = _run_jobs(session, jobs)
                 self.commits += 1
                 return [(True, result) for result in results]
             except Exception as exc:
@@ -616,11 +638,32 @@ class _GroupCommit:
         for job in jobs:
             try:
                 with self._sessions() as session, session.begin():
-                    outcomes.append((True, job(session)))
+                    outcomes.append((True, _run_jobs(session, [job])[0]))
                 self.commits += 1
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes
+
+
+def _run_jobs(session: Session, jobs: list[_Job]) -> list[Any]:
+    """Run a batch's jobs in order; the jobs of one kind (`_Together`) all at once, where the
+    first of them stands (they concern rows of their own: a row has one job at a time)."""
+    kinds: dict[Callable[[Session, list[Any]], list[Any]], list[tuple[int, Any]]] = {}
+    for at, job in enumerate(jobs):
+        if isinstance(job, _Together):
+            kinds.setdefault(job.run, []).append((at, job.arg))
+    results: list[Any] = [None] * len(jobs)
+    for at, job in enumerate(jobs):
+        if not isinstance(job, _Together):
+            results[at] = job(session)
+            continue
+        same = kinds[job.run]
+        if same[0][0] != at:
+            continue  # answered with the first of its kind
+        answers = job.run(session, [arg for _, arg in same])
+        for (i, _), answer in zip(same, answers, strict=True):
+            results[i] = answer
+    return results
 
 
 _OPEN = (OutboxStatus.PENDING, OutboxStatus.SENDING)
@@ -677,12 +720,18 @@ _MINE = and_(
     _OUTBOX.c.status == OutboxStatus.SENDING,
     _OUTBOX.c.claimed_by == bindparam("sender"),
 )
-_MARK_IN_FLIGHT = (
+_MARK_ALL_IN_FLIGHT = (
     update(_OUTBOX)
-    .where(_MINE)
+    .where(
+        _OUTBOX.c.id.in_(bindparam("row_ids", expanding=True)),
+        _OUTBOX.c.status == OutboxStatus.SENDING,
+        _OUTBOX.c.claimed_by == bindparam("sender"),
+    )
     .values(last_error=IN_FLIGHT, attempts=_OUTBOX.c.attempts + 1, claimed_until=bindparam("until"))
+    .returning(_OUTBOX.c.id)
 )
-"""A claimed row goes to the channel now (parameters `row_id`, `sender`, `until`)."""
+"""Claimed rows go to the channel now (`row_ids`, `sender`, `until`); answers the ids whose
+claim still held."""
 _MARK_SENT = (
     update(_OUTBOX)
     .where(_MINE)
@@ -696,6 +745,15 @@ _MARK_SENT = (
 )
 """A claimed row was sent (parameters `row_id`, `sender`, `now` and `first`, the id of the
 first message it created)."""
+_NOT_MARKED_BY = select(_OUTBOX.c.id).where(
+    _OUTBOX.c.id.in_(bindparam("row_ids", expanding=True)),
+    or_(
+        _OUTBOX.c.status != OutboxStatus.SENT,
+        _OUTBOX.c.claimed_by.is_(None),
+        _OUTBOX.c.claimed_by != bindparam("sender"),
+    ),
+)
+"""Of these rows, those this sender did not mark sent (another took them over)."""
 
 
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
@@ -1127,7 +1185,7 @@ class OutboxSender:
             if item.marked:  # marked by the turn that wrote it
                 marked = True
             else:
-                marked = await self._commits.run(lambda s: self._mark_in_flight(s, item.row_id))
+                marked = await self._commits.together(self._mark_in_flight, item.row_id)
                 self._arm_latencies.append((time.monotonic(), time.monotonic() - began))
             if not marked:
                 _log.warning("outbox.claim_lost sender=%s outbox_id=%d", self.name, item.row_id)
@@ -1205,7 +1263,7 @@ class OutboxSender:
             code = "transient" if isinstance(exc, ChannelError) else type(exc).__name__[:40]
             await commits.run(lambda s: self._retry(s, item, code, None, True))
         else:
-            await commits.run(lambda s: self._mark_sent(s, item, delivered))
+            await commits.together(self._mark_sent, (item, delivered))
             self.sent_count += 1
 
     # ------------------------------------------------------------------ database work (thread)
@@ -1367,12 +1425,12 @@ class OutboxSender:
             return None
         return row
 
-    def _mark_in_flight(self, session: Session, row_id: int) -> bool:
+    def _mark_in_flight(self, session: Session, row_ids: list[int]) -> list[bool]:
+        """Mark claimed rows in flight, in one statement; for each, whether its claim held."""
         until = self.clock.now() + timedelta(seconds=self.options.claim_seconds)
-        result = session.connection().execute(
-            _MARK_IN_FLIGHT, {"row_id": row_id, "sender": self.name, "until": until}
-        )
-        return bool(getattr(result, "rowcount", 0))
+        params = {"row_ids": row_ids, "sender": self.name, "until": until}
+        marked = set(session.connection().execute(_MARK_ALL_IN_FLIGHT, params).scalars())
+        return [row_id in marked for row_id in row_ids]
 
     def _disarm(self, session: Session, row_ids: list[int]) -> None:
         """Hand back rows marked in flight that were never given to the channel."""
@@ -1394,29 +1452,36 @@ class OutboxSender:
             .execution_options(synchronize_session=False)
         )
 
-    def _mark_sent(self, session: Session, item: _Item, delivered: Delivered) -> None:
-        """The row is sent; the message ids it created in her chat are recorded, so that wipe
-        and auto-delete can remove them."""
+    def _mark_sent(self, session: Session, sent: list[tuple[_Item, Delivered]]) -> list[None]:
+        """The rows are sent (one UPDATE for all of them); the message ids they created in
+        her chat are recorded (one INSERT), so that wipe and auto-delete can remove them. Those
+        ids are recorded even where another sender had taken the row over meanwhile: the
+        message is in her chat all the same."""
         now = self.clock.now()
-        first = delivered.message_ids[0] if delivered.message_ids else None
-        result = session.connection().execute(
-            _MARK_SENT, {"row_id": item.row_id, "sender": self.name, "now": now, "first": first}
-        )
-        if not getattr(result, "rowcount", 0):
-            _log.warning("outbox.claim_lost_after_send outbox_id=%d", item.row_id)
-            return
-        kind, person = item.recipient
-        if kind == RecipientKind.CLIENT.value and item.outgoing.kind != "delete":
-            for message_id in delivered.message_ids:
-                insert_new(
-                    session,
-                    ChatMessage,
-                    client_id=person,
-                    message_id=message_id,
-                    from_bot=True,
-                    at=now,
-                )
-        _log.debug("outbox.sent outbox_id=%d", item.row_id)
+        connection = session.connection()
+        marks = [
+            {
+                "row_id": item.row_id,
+                "sender": self.name,
+                "now": now,
+                "first": delivered.message_ids[0] if delivered.message_ids else None,
+            }
+            for item, delivered in sent
+        ]
+        if connection.execute(_MARK_SENT, marks).rowcount != len(marks):
+            lost = connection.execute(
+                _NOT_MARKED_BY, {"row_ids": [m["row_id"] for m in marks], "sender": self.name}
+            ).scalars()
+            for row_id in lost:
+                _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
+        messages = [
+            {"client_id": item.recipient[1], "message_id": message_id, "from_bot": True, "at": now}
+            for item, delivered in sent
+            if item.recipient[0] == RecipientKind.CLIENT.value and item.outgoing.kind != "delete"
+            for message_id in delivered.message_ids
+        ]
+        insert_new_rows(session, ChatMessage, messages)
+        return [None] * len(sent)
 
     def _mark_unconfirmed(self, session: Session, row_id: int) -> None:
         row = self._owned(session, row_id)

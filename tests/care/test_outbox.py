@@ -555,6 +555,116 @@ async def test_a_batch_of_good_jobs_is_one_commit(care_ctx: Care, people: People
     assert all(row(care_ctx, r).last_error == "done" for r in rows)
 
 
+async def test_jobs_of_one_kind_run_together_and_each_gets_its_own_answer(
+    care_ctx: Care, people: People
+) -> None:
+    """`together`: the jobs of one kind in a batch are one call (one statement); a plain job
+    in the same batch runs in its place; when the batch fails, each runs alone."""
+    rows = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:3]]
+    calls: list[list[int]] = []
+
+    def mark_all(session: Session, row_ids: list[int]) -> list[int]:
+        calls.append(row_ids)
+        if len(row_ids) == 1 and row_ids[0] == rows[1]:
+            raise ValueError("this row cannot be written")
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(row_ids)).values(last_error="done")
+        )
+        if rows[1] in row_ids:
+            raise ValueError("the batch holds a row that cannot be written")
+        return [row_id * 10 for row_id in row_ids]
+
+    def plain(session: Session) -> str:
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.id == rows[2]).values(kind="plain")
+        )
+        return "plain"
+
+    writer = _GroupCommit(care_ctx.sessions, max_batch=10)
+    good = await asyncio.gather(
+        writer.together(mark_all, rows[0]), writer.run(plain), writer.together(mark_all, rows[2])
+    )
+    assert good == [rows[0] * 10, "plain", rows[2] * 10]
+    assert calls == [[rows[0], rows[2]]], "one call for both"
+    assert writer.commits == 1
+    calls.clear()
+    outcomes = await asyncio.gather(
+        *(writer.together(mark_all, r) for r in rows), return_exceptions=True
+    )
+    await writer.close()
+    assert calls == [rows, [rows[0]], [rows[1]], [rows[2]]], "together, then one by one"
+    assert outcomes[0] == rows[0] * 10 and outcomes[2] == rows[2] * 10
+    assert isinstance(outcomes[1], ValueError)
+    assert [row(care_ctx, r).last_error for r in rows] == ["done", None, "done"]
+    assert row(care_ctx, rows[2]).kind == "plain"
+
+
+async def test_a_burst_of_deliveries_is_marked_in_a_few_statements(care_ctx: Care) -> None:
+    """The marks of deliveries that wait for the same commit share their statements, and each
+    row still gets its own message id, recorded in her chat for wipe."""
+    fast_limits(care_ctx, per_chat=30.0, overall=400.0)
+    people = make_people(care_ctx, clients=40)
+    ids = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.current_thread().name.startswith("outbox-commit"):
+            statements.append(statement)
+
+    event.listen(care_ctx.engine, "before_cursor_execute", seen)
+    try:
+        channel = FakeChannel(delay=0.05)
+        options = dataclasses.replace(FAST, ready_ahead=16, max_in_flight=16)
+        await run_until_idle(OutboxSender(care_ctx, channel, options=options))
+    finally:
+        event.remove(care_ctx.engine, "before_cursor_execute", seen)
+    assert sorted(channel.delivered_ids()) == ids
+    updates = [s for s in statements if s.startswith("UPDATE outbox")]
+    # One by one it would take two UPDATEs per message (in flight, then sent).
+    assert 0 < len(updates) <= len(ids) / 2, len(updates)
+    given = {m.outbox_id: 100 + n for n, (_, m) in enumerate(channel.deliveries)}
+    with care_ctx.sessions() as session:
+        recorded = {
+            c: m for c, m in session.execute(select(ChatMessage.client_id, ChatMessage.message_id))
+        }
+    for she, row_id in zip(people.client_ids, ids, strict=True):
+        done = row(care_ctx, row_id)
+        assert done.status is OutboxStatus.SENT and done.last_error is None
+        assert done.channel_message_id == given[row_id]
+        assert recorded[she] == given[row_id]
+
+
+async def test_a_message_sent_after_its_row_was_taken_over_is_still_recorded_for_wipe(
+    care_ctx: Care, people: People
+) -> None:
+    """Its claim ran out while it was on its way and another sender took the row: the row is
+    that sender's to settle, but the message is in her chat, so its id is kept for wipe."""
+    fast_limits(care_ctx)
+    taken, kept = (put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:2])
+
+    def take_over(message: Outgoing) -> None:
+        if message.outbox_id == taken:
+            with care_ctx.sessions() as session, session.begin():
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == taken)
+                    .values(claimed_by="another-sender")
+                )
+
+    channel = FakeChannel(hook=take_over)
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await channel.wait_for(2)
+    assert await sender.idle(5)
+    await sender.stop(flush=False)
+    assert row(care_ctx, kept).status is OutboxStatus.SENT
+    assert row(care_ctx, taken).status is OutboxStatus.SENDING  # not ours to settle
+    assert row(care_ctx, taken).claimed_by == "another-sender"
+    with care_ctx.sessions() as session:
+        recorded = set(session.scalars(select(ChatMessage.client_id)))
+    assert recorded == set(people.client_ids[:2])
+
+
 def _written_by_a_turn(
     care: Care, sender: OutboxSender, she: int, *texts: str
 ) -> tuple[list[int], Sequence[object]]:
