@@ -28,7 +28,20 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, Select, Table, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -340,7 +353,7 @@ _CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
     select(_CHECKINS.c.id, _CHECKINS.c.status, _CHECKINS.c.mood, _CHECKINS.c.answered_at)
     .where(
-        _CHECKINS.c.client_id == bindparam("client_id"),
+        _CHECKINS.c.client_id == bindparam("her_id"),
         _CHECKINS.c.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
         _CHECKINS.c.due_at > bindparam("since", type_=CheckIn.due_at.type),
     )
@@ -348,7 +361,39 @@ _RECENT_CHECKIN = (
     .limit(1)
 )
 _CHECKIN_NEW = insert(_CHECKINS)
-_CHECKIN_SAVE = update(_CHECKINS).where(_CHECKINS.c.id == bindparam("row_id"))
+_HER_CURRENT_CHECKIN = and_(
+    _CHECKINS.c.id == _RECENT_CHECKIN.with_only_columns(_CHECKINS.c.id).scalar_subquery(),
+    or_(
+        _CHECKINS.c.status == CheckInStatus.SENT,
+        _CHECKINS.c.answered_at > bindparam("continues", type_=CheckIn.answered_at.type),
+    ),
+)
+"""The check-in she is answering: the one sent last, or the one she began answering a moment
+ago (within `_CHECKIN_CONTINUES`)."""
+_CHECKIN_ANSWER = update(_CHECKINS).where(_HER_CURRENT_CHECKIN).returning(_CHECKINS.c.id)
+"""Her answer goes into her current check-in (the values to set are the parameters besides
+`her_id`, `since` and `continues`); answers its id, or nothing when she begins a new one."""
+_CHECKIN_FIRST_ANSWER = (
+    update(_CHECKINS)
+    .where(_HER_CURRENT_CHECKIN, _CHECKINS.c.mood.is_(None))
+    .returning(_CHECKINS.c.id)
+)
+"""A mood: a check-in that has one already is done, a second mood begins a new one."""
+_CHECKIN_UNANSWERED = (
+    update(_CHECKINS)
+    .where(_HER_CURRENT_CHECKIN)
+    .values(
+        status=case(
+            (
+                _CHECKINS.c.answered_at.is_(None),
+                literal(CheckInStatus.MISSED, type_=_CHECKINS.c.status.type),
+            ),
+            else_=_CHECKINS.c.status,
+        )
+    )
+    .returning(_CHECKINS.c.id)
+)
+"""The flow gave up waiting: her current check-in is missed, unless she began answering it."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
 
 
@@ -1087,37 +1132,7 @@ class ConversationService:
     ) -> None:
         name, value = event.name, event.value
         if name in ("mood", "safe", "checkin"):
-            # A second mood means a new check-in (she asked for one, or the next one came).
-            checkin_id, answered_at = self._current_checkin(
-                session, client, now, fresh=name == "mood"
-            )
-            values: dict[str, Any] = {}
-            if name == "mood":
-                values["mood"] = str(value)[:16]
-            elif name == "safe":
-                values["feels_safe"] = {"yes": True, "no": False}.get(str(value))
-            if name == "checkin" and value == "no_answer":
-                if answered_at is None:
-                    values["status"] = CheckInStatus.MISSED
-            else:
-                values["status"] = CheckInStatus.ANSWERED
-                values["answered_at"] = now
-                if client.missed_checkins:
-                    client.missed_checkins = 0
-            connection = session.connection()
-            if checkin_id is None:
-                connection.execute(
-                    _CHECKIN_NEW,
-                    {
-                        "client_id": client.id,
-                        "due_at": now,
-                        "sent_at": now,
-                        "status": CheckInStatus.SENT,
-                        **values,
-                    },
-                )
-            elif values:
-                connection.execute(_CHECKIN_SAVE, {"row_id": checkin_id, **values})
+            self._answer_checkin(session, client, name, value, now)
             return
         if name == "appointment_answer":
             self._answer_appointment(session, client, str(value), now)
@@ -1125,25 +1140,46 @@ class ConversationService:
             value = value[:80]
         state.fields[name] = value
 
-    def _current_checkin(
-        self, session: Session, client: Client, now: datetime, *, fresh: bool
-    ) -> tuple[int | None, datetime | None]:
-        """The check-in she is answering, the one sent last or the one she began answering:
-        its id and when she answered it. (None, None): she begins a new one."""
-        recent = (
-            session.connection()
-            .execute(_RECENT_CHECKIN, {"client_id": client.id, "since": now - _CHECKIN_WINDOW})
-            .first()
+    def _answer_checkin(
+        self, session: Session, client: Client, name: str, value: object, now: datetime
+    ) -> None:
+        """Her answer goes into the check-in she is answering (`_HER_CURRENT_CHECKIN`), in one
+        statement; when there is none, it begins a new one. A second mood means a new
+        check-in (she asked for one, or the next one came)."""
+        values: dict[str, Any] = {}
+        statement = _CHECKIN_ANSWER
+        if name == "mood":
+            values["mood"] = str(value)[:16]
+            statement = _CHECKIN_FIRST_ANSWER
+        elif name == "safe":
+            values["feels_safe"] = {"yes": True, "no": False}.get(str(value))
+        if name == "checkin" and value == "no_answer":
+            statement = _CHECKIN_UNANSWERED
+        else:
+            values["status"] = CheckInStatus.ANSWERED
+            values["answered_at"] = now
+            if client.missed_checkins:
+                client.missed_checkins = 0
+        connection = session.connection()
+        which = {
+            "her_id": client.id,
+            "since": now - _CHECKIN_WINDOW,
+            "continues": now - _CHECKIN_CONTINUES,
+        }
+        if connection.execute(statement, {**which, **values}).first() is not None:
+            return
+        if statement is _CHECKIN_UNANSWERED:
+            values["status"] = CheckInStatus.MISSED
+        connection.execute(
+            _CHECKIN_NEW,
+            {
+                "client_id": client.id,
+                "due_at": now,
+                "sent_at": now,
+                "status": CheckInStatus.SENT,
+                **values,
+            },
         )
-        if recent is None:
-            return None, None
-        checkin_id, status, mood, answered_at = recent
-        if (fresh and mood is not None) or not (
-            status is CheckInStatus.SENT
-            or (answered_at is not None and answered_at > now - _CHECKIN_CONTINUES)
-        ):
-            return None, None
-        return checkin_id, answered_at
 
     def _answer_appointment(
         self, session: Session, client: Client, answer: str, now: datetime

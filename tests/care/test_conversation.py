@@ -23,6 +23,7 @@ from care.models import (
     Appointment,
     ChatMessage,
     CheckIn,
+    CheckInStatus,
     Client,
     ClientStatus,
     OutboxMessage,
@@ -405,6 +406,47 @@ async def test_how_she_is_said_unasked_is_her_check_in_answer(world: World) -> N
     with world.care.sessions() as session:
         moods = session.scalars(select(CheckIn.mood).where(CheckIn.client_id == world.client_id))
         assert list(moods) == ["bad"]
+
+
+def her_checkins(world: World) -> list[tuple[CheckInStatus, str | None, bool | None]]:
+    with world.care.sessions() as session:
+        rows = session.execute(
+            select(CheckIn.status, CheckIn.mood, CheckIn.feels_safe)
+            .where(CheckIn.client_id == world.client_id)
+            .order_by(CheckIn.id)
+        )
+        return [(status, mood, safe) for status, mood, safe in rows]
+
+
+async def test_her_answers_go_into_the_check_in_that_was_sent(world: World) -> None:
+    await enrolled(world)
+    now = world.clock.now()
+    with world.care.sessions.begin() as session:
+        session.add(
+            CheckIn(client_id=world.client_id, due_at=now, sent_at=now, status=CheckInStatus.SENT)
+        )
+    assert await world.service.start_flow(world.client_id, "checkin")
+    await world.press(world.to_client()[-1].button("Goed"))
+    await world.press(world.to_client()[-1].button("Ja"))
+    assert her_checkins(world) == [(CheckInStatus.ANSWERED, "good", True)]
+
+
+async def test_a_second_check_in_she_asks_for_is_a_new_one(world: World) -> None:
+    """Each mood begins a check-in of its own; her safe answer goes into the one she is
+    answering, also an hour later."""
+    await enrolled(world)
+    await world.command("checkin")
+    await world.press(world.to_client()[-1].button("Goed"))
+    await world.press(world.to_client()[-1].button("Ja"))
+    world.clock.advance(timedelta(minutes=30))
+    await world.command("checkin")
+    await world.press(world.to_client()[-1].button("Gaat wel"))
+    world.clock.advance(timedelta(hours=1))
+    await world.press(world.to_client()[-1].button("Ja"))
+    assert her_checkins(world) == [
+        (CheckInStatus.ANSWERED, "good", True),
+        (CheckInStatus.ANSWERED, "okay", True),
+    ]
 
 
 async def test_after_stop_her_own_check_in_promises_no_next_time(world: World) -> None:
