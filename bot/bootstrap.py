@@ -44,6 +44,8 @@ SQLite 54 ms instead of 86, PostgreSQL 469 ms instead of 808; CPU per turn uncha
 
 AUTO_DELETE_EVERY_SECONDS = 300.0
 """How often the auto-delete job looks for messages older than a client's chosen hours."""
+TIMEOUTS_EVERY_SECONDS = 60.0
+"""How often to look for questions that waited for her longer than their `timeout_minutes`."""
 
 
 @dataclass
@@ -124,13 +126,22 @@ def make_sender(
 
 
 class Background:
-    """The reminders (when this process holds the scheduler lock) and the auto-delete job."""
+    """The reminders (when this process holds the scheduler lock), the auto-delete job and the
+    questions that time out."""
 
-    def __init__(self, parts: Parts, *, auto_delete_every: float = AUTO_DELETE_EVERY_SECONDS):
+    def __init__(
+        self,
+        parts: Parts,
+        *,
+        auto_delete_every: float = AUTO_DELETE_EVERY_SECONDS,
+        timeouts_every: float = TIMEOUTS_EVERY_SECONDS,
+    ):
         self.parts = parts
         self.auto_delete_every = auto_delete_every
+        self.timeouts_every = timeouts_every
         self._reminders: Reminders | None = None
         self._task: asyncio.Task[None] | None = None
+        self._timeouts: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the reminders (they schedule only when this process gets the scheduler lock)
@@ -140,6 +151,7 @@ class Background:
         if not await self._reminders.start():
             log.info("bootstrap.reminders_elsewhere another process runs the scheduler")
         self._task = asyncio.create_task(self._auto_delete(), name="auto-delete")
+        self._timeouts = asyncio.create_task(self._fire_timeouts(), name="timeouts")
 
     async def _auto_delete(self) -> None:
         while True:
@@ -150,13 +162,23 @@ class Background:
                 log.warning("auto_delete.failed error=%s", type(exc).__name__)
             await asyncio.sleep(self.auto_delete_every)
 
+    async def _fire_timeouts(self) -> None:
+        # In every process: each time-out goes on once, under her row's lock.
+        while True:
+            try:
+                await self.parts.service.fire_timeouts()
+            except Exception as exc:  # the database may be away for a while; try again later
+                log.warning("timeouts.failed error=%s", type(exc).__name__)
+            await asyncio.sleep(self.timeouts_every)
+
     async def stop(self) -> None:
-        """Stop the auto-delete job and the reminders."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the auto-delete job, the time-outs and the reminders."""
+        for task in (self._task, self._timeouts):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._timeouts = None
         if self._reminders is not None:
             await self._reminders.stop()
             self._reminders = None

@@ -34,10 +34,8 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     delete,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -84,6 +82,7 @@ from dialogues import (
     SetLanguage,
     SetStatus,
     TextInput,
+    TimeoutInput,
     Wipe,
 )
 from dialogues import Session as DialogueState
@@ -335,6 +334,20 @@ _HER_WITH_SESSION = (
 would read next (one round trip less a turn). Both rows are locked, so that on PostgreSQL a
 turn that waited for hers reads the session as the turn before it left it (READ COMMITTED
 re-reads only the rows it locks). A girl without a session row is not found here."""
+_TIMED_OUT = (
+    select(_SESSIONS.c.client_id)
+    .where(_SESSIONS.c.timeout_at <= bindparam("now", type_=DialogueSession.timeout_at.type))
+    .order_by(_SESSIONS.c.timeout_at)
+    .limit(500)
+)
+"""Whose question has waited too long (the oldest first; the rest at the next run)."""
+_STILL_TIMED_OUT = select(_SESSIONS.c.id).where(
+    _SESSIONS.c.client_id == bindparam("her_id"),
+    _SESSIONS.c.timeout_at <= bindparam("now", type_=DialogueSession.timeout_at.type),
+)
+_NO_TIMEOUT = (
+    update(_SESSIONS).where(_SESSIONS.c.client_id == bindparam("her_id")).values(timeout_at=None)
+)
 _HER_BY_CHAT = _HER_WITH_SESSION.where(Client.chat_index == bindparam("index"))
 _HER_BY_ID = _HER_WITH_SESSION.where(Client.id == bindparam("client_id"))
 _READ_AHEAD = "conversation.session_read_ahead"
@@ -379,21 +392,6 @@ _CHECKIN_FIRST_ANSWER = (
     .returning(_CHECKINS.c.id)
 )
 """A mood: a check-in that has one already is done, a second mood begins a new one."""
-_CHECKIN_UNANSWERED = (
-    update(_CHECKINS)
-    .where(_HER_CURRENT_CHECKIN)
-    .values(
-        status=case(
-            (
-                _CHECKINS.c.answered_at.is_(None),
-                literal(CheckInStatus.MISSED, type_=_CHECKINS.c.status.type),
-            ),
-            else_=_CHECKINS.c.status,
-        )
-    )
-    .returning(_CHECKINS.c.id)
-)
-"""The flow gave up waiting: her current check-in is missed, unless she began answering it."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
 
 
@@ -1014,11 +1012,13 @@ class ConversationService:
         if state.row_id is None:
             found = connection.execute(_SESSION_OF, {"client_id": client.id}).first()
             state.row_id = found[0] if found is not None else None
+        now = self.clock.now()
         values = {
             "flow": state.session.flow if state.session else "",
             "flow_version": state.session.version if state.session else None,
             "state_enc": encrypted,
-            "updated_at": self.clock.now(),
+            "updated_at": now,
+            "timeout_at": self._timeout_at(state.session, now),
         }
         if state.row_id is None:
             result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
@@ -1030,6 +1030,75 @@ class ConversationService:
             still_open = saved.scalar()
             if still_open is not None:  # (None: no row was updated; the sender then asks)
                 outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(still_open))
+
+    def _timeout_at(self, state: DialogueState | None, now: datetime) -> datetime | None:
+        """When the question waiting for her times out (None: nothing waits, or it never
+        times out)."""
+        if state is None or not state.waiting:
+            return None
+        try:
+            minutes = dialogues.timeout_minutes(state, self.flows)
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            return None
+        return now + timedelta(minutes=minutes) if minutes else None
+
+    # ------------------------------------------------------------------ time-outs
+
+    async def fire_timeouts(self) -> int:
+        """Go on, without her answer, with every conversation whose question waited for her
+        longer than its node's `timeout_minutes`: for example a safety check she did not
+        answer then alerts her worker. Run periodically (every minute); returns how many
+        time-outs happened."""
+        fired = await asyncio.to_thread(self._fire_timeouts)
+        if fired:
+            self.wake()
+        return fired
+
+    def _fire_timeouts(self) -> int:
+        now = self.clock.now()
+        with self.care.engine.connect() as connection:
+            due = connection.execute(_TIMED_OUT, {"now": now}).scalars().all()
+        fired = 0
+        for client_id in due:
+            try:
+                fired += self._fire_timeout(client_id, now)
+            except Exception as exc:  # the others still get theirs; this one is tried again
+                log.error(
+                    "timeout.failed client=%s error=%s at=%s",
+                    client_id,
+                    type(exc).__name__,
+                    _where(exc),
+                )
+        if fired:
+            log.info("timeout.fired count=%d", fired)
+        return fired
+
+    def _fire_timeout(self, client_id: int, now: datetime) -> bool:
+        def work(session: Session) -> bool:
+            client = _lock_her(session, _HER_BY_ID, {"client_id": client_id})
+            connection = session.connection()
+            still = {"her_id": client_id, "now": now}
+            if client is None or connection.execute(_STILL_TIMED_OUT, still).first() is None:
+                return False  # she answered meanwhile, or another process went on already
+            if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
+                connection.execute(_NO_TIMEOUT, {"her_id": client_id})
+                return False  # stop means stop; nothing goes on for her
+            state = self._load(session, client)
+            context = self.context(session, client, state.fields, now)
+            step = self._resume(state, TimeoutInput(), client.language, context)
+            self._apply(session, client, state, step.events, now, priority=OutboxPriority.REMINDER)
+            state.session = step.session
+            self._save(session, client, state)
+            log.info(
+                "timeout.handled client=%s flow=%s events=%d",
+                client.id,
+                step.session.flow,
+                len(step.events),
+            )
+            return True
+
+        fired, _ = self._transact(work)
+        return fired
 
     # ------------------------------------------------------------------ applying events
 
@@ -1146,6 +1215,10 @@ class ConversationService:
         """Her answer goes into the check-in she is answering (`_HER_CURRENT_CHECKIN`), in one
         statement; when there is none, it begins a new one. A second mood means a new
         check-in (she asked for one, or the next one came)."""
+        if name == "checkin" and value == "no_answer":
+            # The question timed out. Whether she answered is settled by the reminders'
+            # watchdog, which also counts the check-ins she missed (reminders.checkins).
+            return
         values: dict[str, Any] = {}
         statement = _CHECKIN_ANSWER
         if name == "mood":
@@ -1153,13 +1226,10 @@ class ConversationService:
             statement = _CHECKIN_FIRST_ANSWER
         elif name == "safe":
             values["feels_safe"] = {"yes": True, "no": False}.get(str(value))
-        if name == "checkin" and value == "no_answer":
-            statement = _CHECKIN_UNANSWERED
-        else:
-            values["status"] = CheckInStatus.ANSWERED
-            values["answered_at"] = now
-            if client.missed_checkins:
-                client.missed_checkins = 0
+        values["status"] = CheckInStatus.ANSWERED
+        values["answered_at"] = now
+        if client.missed_checkins:
+            client.missed_checkins = 0
         connection = session.connection()
         which = {
             "her_id": client.id,
@@ -1168,8 +1238,6 @@ class ConversationService:
         }
         if connection.execute(statement, {**which, **values}).first() is not None:
             return
-        if statement is _CHECKIN_UNANSWERED:
-            values["status"] = CheckInStatus.MISSED
         connection.execute(
             _CHECKIN_NEW,
             {

@@ -5,7 +5,15 @@ and the pure engine that runs a flow.
 `care` stores published versions and feeds the engine through the `FlowSource` protocol.
 """
 
-from dialogues.engine import Context, Session, Step, choice_id, resume, start
+from dialogues.engine import (
+    Context,
+    Session,
+    Step,
+    choice_id,
+    resume,
+    start,
+    timeout_minutes,
+)
 from dialogues.errors import (
     ContentError,
     DialogueError,
@@ -93,5 +101,6 @@ __all__ = [
     "load_triggers_text",
     "resume",
     "start",
+    "timeout_minutes",
     "validate_dir",
 ]

@@ -181,6 +181,16 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
     return Step(new, tuple(events))
 
 
+def timeout_minutes(session: Session, flows: FlowSource) -> int | None:
+    """How long the question waiting for her waits before its `timeout` (None: it never times
+    out, or nothing waits)."""
+    flow = _current_flow(session, flows)
+    waiting = flow.node(session.node) if flow is not None and session.node else None
+    if not isinstance(waiting, SayNode | AskNode) or waiting.timeout is None:
+        return None
+    return waiting.timeout_minutes
+
+
 def choice_id(flow: str, node: str, turn: int, button: str) -> str:
     """The callback data of a button: `<tag>.<button id>`, at most 23 characters."""
     tag = hashlib.sha256(f"{flow}:{node}:{turn}".encode()).hexdigest()[:6]

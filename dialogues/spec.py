@@ -71,6 +71,10 @@ Label = dict[str, Annotated[str, StringConstraints(min_length=1, max_length=40)]
 """A button label per language; short, so it fits on a phone."""
 
 
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60
+"""The longest a question may wait for her before its `timeout` (a week)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -93,6 +97,9 @@ class _Waiting(_Model):
     text: Text
     buttons: tuple[Button, ...] = ()
     timeout: Id | None = None
+    """Where the flow goes when she does not answer within `timeout_minutes`."""
+    timeout_minutes: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_MINUTES)] | None = None
+    """How long the question waits for her; without it, `timeout` never happens."""
     reask: Text | None = None
 
 

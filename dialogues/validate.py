@@ -372,6 +372,23 @@ def _lint_node(
                 )
         elif not node.buttons and not node.next:
             out.append(_dead_end(source, where, node_id))
+        if node.timeout_minutes is not None and node.timeout is None:
+            out.append(
+                source.finding(
+                    (*where, "timeout_minutes"),
+                    f"node '{node_id}' has `timeout_minutes` but no `timeout` to go to",
+                    "add `timeout:` with the node to go to when she does not answer",
+                )
+            )
+        elif node.timeout is not None and node.timeout_minutes is None:
+            out.append(
+                source.finding(
+                    (*where, "timeout"),
+                    f"the timeout of node '{node_id}' never happens: it has no `timeout_minutes`",
+                    "add `timeout_minutes:` (how long the question waits for her)",
+                    warning=True,
+                )
+            )
         if known_intents is not None:
             for path, intent in intents:
                 if intent is not None and intent not in known_intents:

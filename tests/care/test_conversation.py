@@ -26,6 +26,7 @@ from care.models import (
     CheckInStatus,
     Client,
     ClientStatus,
+    Escalation,
     OutboxMessage,
     OutboxPriority,
     OutboxStatus,
@@ -447,6 +448,86 @@ async def test_a_second_check_in_she_asks_for_is_a_new_one(world: World) -> None
         (CheckInStatus.ANSWERED, "good", True),
         (CheckInStatus.ANSWERED, "okay", True),
     ]
+
+
+def her_escalations(world: World) -> list[str]:
+    with world.care.sessions() as session:
+        return list(
+            session.scalars(
+                select(Escalation.reason)
+                .where(Escalation.client_id == world.client_id)
+                .order_by(Escalation.id)
+            )
+        )
+
+
+async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: World) -> None:
+    """The safety check waits 30 minutes for her (`timeout_minutes`); then her worker is
+    alerted gently and she is told so. It happens once, however often the job looks."""
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    assert world.to_client()[-1].text.startswith("Ik wil zeker weten dat het goed met je gaat")
+    world.clock.advance(timedelta(minutes=29))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == []
+    world.clock.advance(timedelta(minutes=2))
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    assert [sent.text for sent in world.to_client()] == [
+        "Ik hoorde niks meer van je. Daarom heb ik Anna een seintje gegeven. "
+        "Ben je in gevaar? Bel 112."
+    ]
+    alerts = world.to_worker()
+    assert [a.kind for a in alerts] == ["alert"]
+    assert "schreef iets wat op gevaar wijst en antwoordt niet meer" in alerts[0].text
+    world.clock.advance(timedelta(hours=2))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == ["safety_check_no_answer"]
+
+
+async def test_a_question_she_answered_does_not_time_out(world: World) -> None:
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    world.clock.advance(timedelta(minutes=10))
+    await world.press(world.to_client()[-1].button("Nee, nu niet"))
+    world.pending()
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == []
+
+
+async def test_an_answer_moves_the_time_out_to_the_next_question(world: World) -> None:
+    """A bad mood in a check-in: the question about contact waits an hour, then she is asked
+    whether she feels safe (that question waits a day, and then the flow ends quietly)."""
+    await enrolled(world)
+    await world.command("checkin")
+    world.clock.advance(timedelta(hours=5))
+    await world.press(world.to_client()[-1].button("Niet zo goed"))
+    assert world.to_client()[-1].text == "Wil je dat Anna contact met je opneemt?"
+    world.clock.advance(timedelta(minutes=61))
+    assert await world.service.fire_timeouts() == 1
+    assert [sent.text for sent in world.to_client()] == [
+        "Nog één vraag: voel je je veilig op dit moment?"
+    ]
+    world.clock.advance(timedelta(days=1, minutes=1))
+    assert await world.service.fire_timeouts() == 1
+    assert world.pending() == [], "the check-in ends without a word"
+    assert her_escalations(world) == []
+
+
+async def test_nothing_goes_on_for_her_after_stop(world: World) -> None:
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    with world.care.sessions.begin() as session:
+        client = session.get(Client, world.client_id)
+        assert client is not None
+        client.status = ClientStatus.ENDED
+    world.pending()
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == []
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0, "looked at once, then no more"
 
 
 async def test_after_stop_her_own_check_in_promises_no_next_time(world: World) -> None:
