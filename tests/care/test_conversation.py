@@ -16,6 +16,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 import dialogues
+from bot.bootstrap import Background, Parts
 from care import directory, outbox
 from care.context import Care
 from care.conversation import LazyContext, in_office_hours
@@ -513,6 +514,33 @@ async def test_an_answer_moves_the_time_out_to_the_next_question(world: World) -
     assert await world.service.fire_timeouts() == 1
     assert world.pending() == [], "the check-in ends without a word"
     assert her_escalations(world) == []
+
+
+async def test_the_background_jobs_look_for_time_outs_every_minute(world: World) -> None:
+    """`aftercare run` and `aftercare chat` run the time-outs beside the reminders."""
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    world.pending()
+    world.clock.advance(timedelta(minutes=31))
+    parts = Parts(
+        world.care.settings,
+        world.care,
+        world.clock,
+        world.service.flows,
+        world.service.nlu,
+        world.service.desk,
+        world.service,
+    )
+    background = Background(parts, auto_delete_every=3600, timeouts_every=0.05)
+    await background.start()
+    try:
+        for _ in range(100):
+            if her_escalations(world):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await background.stop()
+    assert her_escalations(world) == ["safety_check_no_answer"]
 
 
 async def test_nothing_goes_on_for_her_after_stop(world: World) -> None:
