@@ -383,6 +383,9 @@ async def test_a_reply_waits_for_the_one_still_on_its_way(telegram_bot: Telegram
     await fake.wait_for_async(lambda: fake.pending_updates() == 0, 5)
     await asyncio.sleep(0.2)  # its turn committed; its answer is on its way
     fake.push_text(CLIENT_CHAT, "hoi")
+    # Both answers arrive (a stalled sender would never send the second), however slow the
+    # machine: `settle` alone does not wait for a message still on its way.
+    await fake.wait_for_async(lambda: len(fake.texts(CLIENT_CHAT)) >= before + 2, 10)
     await tg.settle()
     texts = fake.texts(CLIENT_CHAT)[before:]
     assert len(texts) == 2, texts
