@@ -138,10 +138,7 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
     """Feed her input to the session: a trigger may start another flow; otherwise the waiting
     question takes the answer (or re-asks gently) and the flow runs on to its next question."""
     triggers = flows.triggers()
-    flow = _current_flow(session, flows)
-    waiting = flow.node(session.node) if flow is not None and session.node else None
-    if not isinstance(waiting, SayNode | AskNode):
-        waiting = None
+    flow, waiting = _waiting(session, flows)
 
     target = _trigger(session, input, triggers, waiting)
     if target is not None:
@@ -184,9 +181,8 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
 def timeout_minutes(session: Session, flows: FlowSource) -> int | None:
     """How long the question waiting for her waits before its `timeout` (None: it never times
     out, or nothing waits)."""
-    flow = _current_flow(session, flows)
-    waiting = flow.node(session.node) if flow is not None and session.node else None
-    if not isinstance(waiting, SayNode | AskNode) or waiting.timeout is None:
+    _, waiting = _waiting(session, flows)
+    if waiting is None or waiting.timeout is None:
         return None
     return waiting.timeout_minutes
 
@@ -210,6 +206,13 @@ def _current_flow(session: Session, flows: FlowSource) -> Flow | None:
             f"flow {session.flow} v{session.version} changed under a running session"
         )
     return flow
+
+
+def _waiting(session: Session, flows: FlowSource) -> tuple[Flow | None, SayNode | AskNode | None]:
+    """Her flow, and the question in it that waits for her (None when nothing waits)."""
+    flow = _current_flow(session, flows)
+    node = flow.node(session.node) if flow is not None and session.node else None
+    return flow, node if isinstance(node, SayNode | AskNode) else None
 
 
 def _trigger(
