@@ -364,7 +364,7 @@ unqualified, and inside the subquery `client_id` would then be the outbox's own 
 # Her check-in too: a turn answers at most one, as a plain row.
 _CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
-    select(_CHECKINS.c.id, _CHECKINS.c.status, _CHECKINS.c.mood, _CHECKINS.c.answered_at)
+    select(_CHECKINS.c.id)
     .where(
         _CHECKINS.c.client_id == bindparam("her_id"),
         _CHECKINS.c.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
@@ -372,10 +372,12 @@ _RECENT_CHECKIN = (
     )
     .order_by(_CHECKINS.c.due_at.desc(), _CHECKINS.c.id.desc())
     .limit(1)
+    .scalar_subquery()
 )
+"""Her latest check-in, sent or answered, within `_CHECKIN_WINDOW`."""
 _CHECKIN_NEW = insert(_CHECKINS)
 _HER_CURRENT_CHECKIN = and_(
-    _CHECKINS.c.id == _RECENT_CHECKIN.with_only_columns(_CHECKINS.c.id).scalar_subquery(),
+    _CHECKINS.c.id == _RECENT_CHECKIN,
     or_(
         _CHECKINS.c.status == CheckInStatus.SENT,
         _CHECKINS.c.answered_at > bindparam("continues", type_=CheckIn.answered_at.type),

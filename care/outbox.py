@@ -715,18 +715,14 @@ def _is_open(session: Session, kind: RecipientKind, person: int) -> bool:
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _INSERT_ROWS = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
 _REWRITE_ROW = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
-_MINE = and_(
-    _OUTBOX.c.id == bindparam("row_id"),
+_CLAIMED_BY_ME = and_(
     _OUTBOX.c.status == OutboxStatus.SENDING,
     _OUTBOX.c.claimed_by == bindparam("sender"),
 )
+_MINE = and_(_OUTBOX.c.id == bindparam("row_id"), _CLAIMED_BY_ME)
 _MARK_ALL_IN_FLIGHT = (
     update(_OUTBOX)
-    .where(
-        _OUTBOX.c.id.in_(bindparam("row_ids", expanding=True)),
-        _OUTBOX.c.status == OutboxStatus.SENDING,
-        _OUTBOX.c.claimed_by == bindparam("sender"),
-    )
+    .where(_OUTBOX.c.id.in_(bindparam("row_ids", expanding=True)), _CLAIMED_BY_ME)
     .values(last_error=IN_FLIGHT, attempts=_OUTBOX.c.attempts + 1, claimed_until=bindparam("until"))
     .returning(_OUTBOX.c.id)
 )
