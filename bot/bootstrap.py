@@ -145,31 +145,22 @@ class Background:
 
     async def start(self) -> None:
         """Start the reminders (they schedule only when this process gets the scheduler lock)
-        and the auto-delete job."""
+        the auto-delete job and the time-outs."""
         parts = self.parts
         self._reminders = Reminders(parts.care, parts.service, parts.clock)
         if not await self._reminders.start():
             log.info("bootstrap.reminders_elsewhere another process runs the scheduler")
-        self._task = asyncio.create_task(self._auto_delete(), name="auto-delete")
-        self._timeouts = asyncio.create_task(self._fire_timeouts(), name="timeouts")
+        self._task = asyncio.create_task(
+            _every(self.auto_delete_every, self._auto_delete, "auto_delete"), name="auto-delete"
+        )
+        # In every process: each time-out goes on once, under her row's lock.
+        self._timeouts = asyncio.create_task(
+            _every(self.timeouts_every, parts.service.fire_timeouts, "timeouts"), name="timeouts"
+        )
 
     async def _auto_delete(self) -> None:
-        while True:
-            try:
-                await self.parts.service.auto_delete()
-                await self.parts.service.forget_old_updates()
-            except Exception as exc:  # the database may be away for a while; try again later
-                log.warning("auto_delete.failed error=%s", type(exc).__name__)
-            await asyncio.sleep(self.auto_delete_every)
-
-    async def _fire_timeouts(self) -> None:
-        # In every process: each time-out goes on once, under her row's lock.
-        while True:
-            try:
-                await self.parts.service.fire_timeouts()
-            except Exception as exc:  # the database may be away for a while; try again later
-                log.warning("timeouts.failed error=%s", type(exc).__name__)
-            await asyncio.sleep(self.timeouts_every)
+        await self.parts.service.auto_delete()
+        await self.parts.service.forget_old_updates()
 
     async def stop(self) -> None:
         """Stop the auto-delete job, the time-outs and the reminders."""
@@ -182,6 +173,17 @@ class Background:
         if self._reminders is not None:
             await self._reminders.stop()
             self._reminders = None
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run `job` now and every `seconds` after, until cancelled; a failure is logged (the
+    database may be away for a while) and the job runs again at its next time."""
+    while True:
+        try:
+            await job()
+        except Exception as exc:
+            log.warning("%s.failed error=%s", name, type(exc).__name__)
+        await asyncio.sleep(seconds)
 
 
 def database_health(care: Care) -> Callable[[], Awaitable[bool]]:
