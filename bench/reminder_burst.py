@@ -59,6 +59,12 @@ class _NoNlu:
     async def understand(self, text: str, lang: str) -> Any:
         raise AssertionError("not used by reminders")
 
+    def reads_here(self) -> bool:
+        return True
+
+    def understand_now(self, text: str, lang: str) -> Any:
+        raise AssertionError("not used by reminders")
+
 
 def _care(url: str) -> Care:
     settings = load_settings(DEFAULT_CONFIG, environ={})

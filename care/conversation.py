@@ -1,8 +1,9 @@
 """The conversation service: one channel-neutral road for every message, hers and her worker's.
 
 A channel (Telegram, the console) turns what a person did into an `Inbound` and calls
-`ConversationService.handle`. For a text, the safety lexicon and the NLU read her words first,
-outside any transaction (the NLU may be a server). Then, in one transaction, the service drops
+`ConversationService.handle`. For a text, the safety lexicon and the NLU read her words: inside
+her turn's transaction when the NLU is embedded (a tenth of a millisecond), before it when the
+NLU is a server (never wait for a server in a transaction). In one transaction, the service drops
 an update it has already processed, finds who the chat belongs to (blind index), records her
 message id (so that wipe can delete it), checks the duress word (which sets the NLU's reading
 aside), lets the engine answer, and applies the events: replies and alerts become outbox
@@ -40,7 +41,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import dialogues
@@ -48,7 +49,7 @@ from care import audit, directory, escalations, outbox
 from care.clock import Clock, SystemClock
 from care.context import Care
 from care.db import insert_new
-from care.errors import CareError, CodeRefused, DecryptionError
+from care.errors import CareError, CodeRefused, DecryptionError, StorageError
 from care.models import (
     Appointment,
     AppointmentStatus,
@@ -154,6 +155,15 @@ class Understander(Protocol):
 
     async def understand(self, text: str, lang: str) -> Any:
         """An `nlu.Understanding` with `.safety` (severity, category) and `.result`."""
+        ...
+
+    def reads_here(self) -> bool:
+        """True when `understand_now` may be used: no server is to be asked now."""
+        ...
+
+    def understand_now(self, text: str, lang: str) -> Any:
+        """`understand` on the caller's thread, without a server (quick: it runs in her turn's
+        transaction, with her row locked)."""
         ...
 
 
@@ -325,15 +335,18 @@ _SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
 )
 _SESSION_NEW = insert(_SESSIONS)
 _HER_WITH_SESSION = (
-    select(Client, _SESSIONS.c.id, _SESSIONS.c.state_enc)
+    select(Client, _SESSIONS.c.id, _SESSIONS.c.state_enc, Organisation.duress_index)
     .join(_SESSIONS, _SESSIONS.c.client_id == Client.id)
-    .with_for_update()
+    .join(Organisation, Organisation.id == Client.org_id)
+    .with_for_update(of=[Client.__table__, _SESSIONS])
     .execution_options(populate_existing=True)
 )
-"""Her row and her session row, both locked: the turn's first statement reads what `_load`
-would read next (one round trip less a turn). Both rows are locked, so that on PostgreSQL a
-turn that waited for hers reads the session as the turn before it left it (READ COMMITTED
-re-reads only the rows it locks). A girl without a session row is not found here."""
+"""Her row and her session row, both locked, and her organisation's duress index: the turn's
+first statement reads what `_load` and the duress check would read next (two round trips less
+a turn). Both her rows are locked, so that on PostgreSQL a turn that waited for hers reads the
+session as the turn before it left it (READ COMMITTED re-reads only the rows it locks); her
+organisation's row is not (her turn must not wait for another girl's). A girl without a
+session row is not found here."""
 _TIMED_OUT = (
     select(_SESSIONS.c.client_id)
     .where(_SESSIONS.c.timeout_at <= bindparam("now", type_=DialogueSession.timeout_at.type))
@@ -352,6 +365,8 @@ _HER_BY_CHAT = _HER_WITH_SESSION.where(Client.chat_index == bindparam("index"))
 _HER_BY_ID = _HER_WITH_SESSION.where(Client.id == bindparam("client_id"))
 _READ_AHEAD = "conversation.session_read_ahead"
 """`session.info` key: (her id, session row id, state) read with her row by `_lock_her`."""
+_DURESS_AHEAD = "conversation.duress_read_ahead"
+"""`session.info` key: (her id, her organisation's id, its duress index) read by `_lock_her`."""
 _SESSION_SAVE = (
     update(_SESSIONS)
     .where(_SESSIONS.c.id == bindparam("row_id"))
@@ -455,8 +470,9 @@ class ConversationService:
                 reason="too_long",
                 language=inbound.language,
             )
-        if inbound.kind != "text":
+        if inbound.kind != "text" or self.nlu.reads_here():
             return await self._handle_plain(inbound)
+        # The NLU is a server: read her text before the turn's transaction, not inside it.
         kind, person_id, lang, duress = await asyncio.to_thread(self._who, inbound)
         if kind == "nobody":
             return await asyncio.to_thread(self._stranger, inbound)
@@ -478,7 +494,10 @@ class ConversationService:
         return Handled(who=kind)
 
     async def _failed(self, inbound: Inbound, exc: Exception, kind: _Who) -> Handled:
-        """A turn failed (and was rolled back): log where, never what; apologise to her."""
+        """A turn failed (and was rolled back): log where, never what; apologise to her.
+        When not even the apology could be stored and the turn failed on the database itself,
+        the database is down: `exc` is raised again, for the channel (a webhook answers 503
+        and Telegram delivers the update again; nothing of it was stored)."""
         log.error(
             "turn.failed update=%s error=%s at=%s",
             inbound.update_id,
@@ -486,12 +505,14 @@ class ConversationService:
             _where(exc),
         )
         direct = await asyncio.to_thread(self._apologise, inbound)
+        if direct is not None and isinstance(exc, (StorageError, OperationalError)):
+            raise exc
         self.wake()
         return Handled(direct=direct, who=kind)
 
     async def _handle_plain(self, inbound: Inbound) -> Handled:
-        """A button, a command or an unsupported kind needs no NLU: the first look and the turn
-        share one transaction."""
+        """A button, a command, an unsupported kind and a text the NLU reads without a server:
+        the first look and the turn share one transaction (and one trip to a thread)."""
         try:
             looked = await asyncio.to_thread(self._look_and_turn, inbound)
         except _Duplicate:
@@ -512,17 +533,21 @@ class ConversationService:
         def work(session: Session) -> _Who | None:
             index = directory.chat_index(self.care.keyring, inbound.chat_id)
             her = _lock_her(session, _HER_BY_CHAT, {"index": index})
-            if her is not None:
-                self._turn_in(session, inbound, "client", her.id, None, her)
-                return "client"
-            linked = directory.find_by_chat(session, self.care.keyring, inbound.chat_id, lock=True)
-            if linked.worker is not None:
-                self._turn_in(session, inbound, "worker", linked.worker.id, None)
-                return "worker"
-            if linked.client is not None:
-                self._turn_in(session, inbound, "client", linked.client.id, None, linked.client)
-                return "client"
-            return None
+            if her is None:
+                linked = directory.find_by_chat(
+                    session, self.care.keyring, inbound.chat_id, lock=True
+                )
+                if linked.worker is not None:
+                    self._turn_in(session, inbound, "worker", linked.worker.id, None)
+                    return "worker"
+                her = linked.client
+            if her is None:
+                return None
+            understanding = None
+            if inbound.kind == "text":
+                understanding = self.nlu.understand_now(inbound.text, her.language)
+            self._turn_in(session, inbound, "client", her.id, understanding, her)
+            return "client"
 
         kind, left = self._transact(work)
         return None if kind is None else (kind, left)
@@ -776,6 +801,10 @@ class ConversationService:
     ) -> bool:
         if looked is not None and (looked.client_id, looked.org_id) == (client.id, client.org_id):
             return looked.said  # her first look read her organisation's duress index already
+        ahead = session.info.get(_DURESS_AHEAD)
+        if ahead is not None and ahead[:2] == (client.id, client.org_id):
+            # her locked row was read with it
+            return directory.matches_duress(self.care.keyring, client.org_id, ahead[2], text)
         org = session.get(Organisation, client.org_id)
         return org is not None and directory.is_duress(self.care.keyring, org, text)
 
@@ -1410,8 +1439,9 @@ def _lock_her(session: Session, statement: Select[Any], params: dict[str, Any]) 
     found = session.execute(statement, params).first()
     if found is None:
         return None
-    client, row_id, state_enc = found
+    client, row_id, state_enc, duress_index = found
     session.info[_READ_AHEAD] = (client.id, row_id, state_enc)
+    session.info[_DURESS_AHEAD] = (client.id, client.org_id, duress_index)
     return cast(Client, client)
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.exc import OperationalError
 from telegram import Bot
 
 from bot.bootstrap import database_health, serve_telegram
 from bot.telegram.webhook import SECRET_HEADER, WebhookServer
 from care.db import make_engine
-from care.errors import DatabaseUnavailable
 from care.settings import WebhookSettings
 from tests.bot.harness import CLIENT_CHAT, FAST_SENDER, TelegramWorld
 from tests.fakes.telegram_api import FakeTelegram
@@ -69,9 +70,9 @@ async def test_webhook_answers_503_while_the_database_is_down(
     service = tg.parts.service
 
     def down(*args: Any) -> Any:
-        raise DatabaseUnavailable("cannot reach the database")
+        raise OperationalError("connect", {}, ConnectionRefusedError("refused"))
 
-    monkeypatch.setattr(service, "_who", down)
+    monkeypatch.setattr(service.care.engine.pool, "connect", down)
     update = {
         "update_id": 77,
         "message": {
@@ -124,15 +125,16 @@ async def test_stop_finishes_the_update_in_hand_and_flushes_the_outbox(
     tg = telegram_bot
     await tg.enroll()
     nlu = tg.parts.service.nlu
-    real = nlu.understand
+    real = nlu.understand_now  # the embedded NLU reads her text in her turn, on its thread
     started = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    async def slow(text: str, lang: str) -> Any:
-        started.set()
-        await asyncio.sleep(0.6)
-        return await real(text, lang)
+    def slow(text: str, lang: str) -> Any:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(0.6)
+        return real(text, lang)
 
-    monkeypatch.setattr(nlu, "understand", slow)
+    monkeypatch.setattr(nlu, "understand_now", slow)
     before = len(tg.fake.sent(CLIENT_CHAT))
     tg.fake.push_text(CLIENT_CHAT, "hoi")
     await asyncio.wait_for(started.wait(), 10)

@@ -208,8 +208,9 @@ async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
 async def test_a_first_look_from_before_a_move_does_not_hide_the_duress_word(
     telegram_bot: TelegramWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The look before a text turn reads her organisation's duress word; when that look is
-    out of date (she moved to another organisation meanwhile), the turn asks again."""
+    """With a server NLU, a look before the text turn reads her organisation's duress word;
+    when that look is out of date (she moved to another organisation meanwhile), the turn asks
+    again. (The embedded NLU reads her text in the turn, which reads the index itself.)"""
     import dataclasses
 
     from care import directory
@@ -225,12 +226,20 @@ async def test_a_first_look_from_before_a_move_does_not_hide_the_duress_word(
             return found
         return dataclasses.replace(found, org_id=found.org_id + 1000, duress_index=None)
 
-    monkeypatch.setattr(directory, "look_up_chat", look_from_before)
+    looks = []
+
+    def counted_look(*args: Any) -> directory.Look | None:
+        looks.append(1)
+        return look_from_before(*args)
+
+    monkeypatch.setattr(directory, "look_up_chat", counted_look)
+    monkeypatch.setattr(tg.world.service.nlu, "reads_here", lambda: False)
     worker_before = len(fake.sent(WORKER_CHAT))
     sent = await tg.exchange(lambda: fake.push_text(CLIENT_CHAT, "paraplu"))
     assert sent[0].text == "Oké, top! 👍"
     alerts = await tg.bot_says(worker_before + 1, WORKER_CHAT)
     assert "STIL ALARM" in (alerts[-1].text or "")
+    assert looks == [1]
 
 
 async def test_worker_commands(telegram_bot: TelegramWorld) -> None:

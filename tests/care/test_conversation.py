@@ -28,6 +28,7 @@ from care.models import (
     Client,
     ClientStatus,
     Escalation,
+    Organisation,
     OutboxMessage,
     OutboxPriority,
     OutboxStatus,
@@ -148,6 +149,38 @@ async def test_when_even_the_apology_cannot_be_stored_the_channel_gets_a_text(
     monkeypatch.setattr(world.service, "_reply", broken)
     handled = await world.service.handle(world.inbound(CLIENT_CHAT, "text", text="hoi"))
     assert handled.direct is not None and handled.direct.startswith("Sorry")
+
+
+@pytest.mark.parametrize("kind", ["text", "choice", "command"])
+async def test_while_the_database_is_down_her_update_goes_back_to_the_channel(
+    world: World, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """No connection at all: nothing can be stored, not even an apology, so the channel gets
+    the error (a webhook answers 503 and Telegram delivers the update again); once the
+    database is back, the same update is handled as new."""
+    from sqlalchemy.exc import OperationalError
+
+    await enrolled(world)
+    await world.command("checkin")
+    pressed = world.to_client()[-1].button_ids[0]
+    fields: dict[str, Any] = {
+        "text": {"text": "hoi"},
+        "choice": {"choice_id": pressed},
+        "command": {"command": "help"},
+    }[kind]
+    inbound = world.inbound(CLIENT_CHAT, kind, **fields)  # type: ignore[arg-type]
+
+    def refused(*args: object, **kwargs: object) -> object:
+        raise OperationalError("connect", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr(world.care.engine.pool, "connect", refused)
+    with pytest.raises(OperationalError):
+        await world.service.handle(inbound)
+    monkeypatch.undo()
+    assert world.to_client() == []
+    handled = await world.service.handle(inbound)
+    assert not handled.duplicate and handled.direct is None
+    assert len(world.to_client()) >= 1
 
 
 async def test_duplicate_updates_are_handled_once(world: World) -> None:
@@ -567,3 +600,63 @@ async def test_after_stop_her_own_check_in_promises_no_next_time(world: World) -
     await world.press(world.to_client()[-1].button("Ja"))
     assert world.to_client()[-1].text == "Goed om te horen. Pas goed op jezelf! 👋"
     assert world.client().status is ClientStatus.ENDED, "asking for a check-in is no restart"
+
+
+class _ServerNlu:
+    """The NLU as when Rasa answers: her text is read before the turn, never inside it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.asked = 0
+
+    async def understand(self, text: str, lang: str) -> Any:
+        self.asked += 1
+        return await self.inner.understand(text, lang)
+
+    def reads_here(self) -> bool:
+        return False
+
+    def understand_now(self, text: str, lang: str) -> Any:
+        raise AssertionError("a turn must not wait for a server inside its transaction")
+
+
+class _HereNlu(_ServerNlu):
+    """The embedded NLU: her text is read inside her turn, with her row locked."""
+
+    async def understand(self, text: str, lang: str) -> Any:
+        raise AssertionError("the embedded NLU reads her text in her turn")
+
+    def reads_here(self) -> bool:
+        return True
+
+    def understand_now(self, text: str, lang: str) -> Any:
+        self.asked += 1
+        return self.inner.understand_now(text, lang)
+
+
+@pytest.mark.parametrize("reader", [_ServerNlu, _HereNlu])
+async def test_her_words_reach_her_worker_whoever_reads_them(
+    care_ctx: Care, reader: type[_ServerNlu]
+) -> None:
+    """Read before her turn (a server) or in it (embedded): the same crisis, the same alert,
+    and a duress word still wins over what the NLU read."""
+    from tests.bot.world import shared_nlu
+
+    nlu = reader(shared_nlu())
+    world = await enrolled(make_world(care_ctx, nlu=nlu))
+    await world.text("ik wil niet meer leven")
+    assert nlu.asked == 1
+    alerts = world.to_worker()
+    assert [a.kind for a in alerts] == ["alert"] and "Kritiek" in alerts[0].text
+    assert any("113" in sent.text for sent in world.to_client())
+    with care_ctx.sessions.begin() as session:
+        client = session.get(Client, world.client_id)
+        assert client is not None
+        org = client.org_id
+        directory.set_duress_word(
+            session, care_ctx.keyring, session.get_one(Organisation, org), "paraplu", "test"
+        )
+    await world.text("Paraplu")
+    assert [sent.text for sent in world.to_client()] == ["Oké, top! 👍"]
+    alerts = world.to_worker()
+    assert len(alerts) == 1 and "STIL ALARM" in alerts[0].text

@@ -167,3 +167,25 @@ def test_build_nlu_with_rasa_prepares_the_fallback(nlu_config: NluConfig) -> Non
         NluConfig(backend="rasa", cache_dir=nlu_config.cache_dir, rasa_token="t", rasa_url="x")
     )
     assert nlu.backend_name == "rasa"
+
+
+async def test_it_reads_here_only_while_no_server_is_to_be_asked(
+    parts: tuple[SafetyCheck, EmbeddedBackend], embedded_nlu: Nlu
+) -> None:
+    """`understand_now` (in her turn, on its thread) is for when no server is to be asked:
+    the embedded backend, or Rasa while it is down and not yet due for another try."""
+    assert embedded_nlu.reads_here()
+    for text, lang in [("hij staat voor de deur", "nl"), ("thank you so much", "en"), ("", "xx")]:
+        assert embedded_nlu.understand_now(text, lang) == await embedded_nlu.understand(text, lang)
+
+    rasa, clock = FlakyRasa(), FakeClock()
+    nlu = make(parts, rasa, clock)
+    assert not nlu.reads_here()  # Rasa is to be asked, before the turn
+    rasa.up = False
+    await nlu.understand("hoi", "nl")
+    assert nlu.reads_here()  # down: the fallback reads it in the turn, no wait on a dead server
+    now = nlu.understand_now("ik wil dood", "nl")
+    assert (now.backend, now.safety.category) == ("embedded", "self_harm")
+    assert rasa.calls == 0  # found down at start; nothing asked it since
+    clock.now += 31
+    assert not nlu.reads_here()  # due for another try
