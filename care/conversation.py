@@ -67,7 +67,7 @@ from care.models import (
     Severity,
     Worker,
 )
-from care.settings import WEEKDAYS, Settings
+from care.settings import WEEKDAYS, Settings, TimeWindow
 from care.texts import pick
 from care.workers import WorkerDesk, format_when
 from dialogues import (
@@ -1117,19 +1117,44 @@ class ConversationService:
             state = self._load(session, client)
             context = self.context(session, client, state.fields, now)
             step = self._resume(state, TimeoutInput(), client.language, context)
-            self._apply(session, client, state, step.events, now, priority=OutboxPriority.REMINDER)
+            held = self._quiet_until(client, now)
+            self._apply(
+                session,
+                client,
+                state,
+                step.events,
+                now,
+                priority=OutboxPriority.REMINDER,
+                not_before=held,
+            )
             state.session = step.session
             self._save(session, client, state)
             log.info(
-                "timeout.handled client=%s flow=%s events=%d",
+                "timeout.handled client=%s flow=%s events=%d held=%s",
                 client.id,
                 step.session.flow,
                 len(step.events),
+                held is not None,
             )
             return True
 
         fired, _ = self._transact(work)
         return fired
+
+    def _quiet_until(self, client: Client, now: datetime) -> datetime | None:
+        """When `now` falls in her quiet hours, the moment they end (None otherwise). She did
+        not write just now, so what a time-out says to her waits until then; her worker's
+        alerts do not."""
+        window = self.settings.reminders.quiet_hours
+        try:
+            if client.quiet_hours:
+                window = TimeWindow.parse(client.quiet_hours)
+            return window.ends_after(now, ZoneInfo(client.timezone))
+        except (ValueError, KeyError):  # unreadable hours or zone (set by hand?): the default
+            log.warning("quiet_hours.unreadable client=%s", client.id)
+            return self.settings.reminders.quiet_hours.ends_after(
+                now, ZoneInfo(self.settings.timezone)
+            )
 
     # ------------------------------------------------------------------ applying events
 
@@ -1144,8 +1169,10 @@ class ConversationService:
         priority: OutboxPriority = OutboxPriority.REPLY,
         dedupe_key: str | None = None,
         expires_at: datetime | None = None,
+        not_before: datetime | None = None,
     ) -> None:
-        """Apply the engine's events in order, in the caller's transaction."""
+        """Apply the engine's events in order, in the caller's transaction; what she is told
+        waits until `not_before` when it is given."""
         notified = {e.reason for e in events if isinstance(e, NotifyWorker)}
         first_say = True
         for event in events:
@@ -1158,6 +1185,7 @@ class ConversationService:
                     priority=priority,
                     dedupe_key=dedupe_key if first_say else None,
                     expires_at=expires_at,
+                    not_before=not_before,
                     kind="reply" if priority is OutboxPriority.REPLY else "flow",
                 )
                 first_say = False
@@ -1195,6 +1223,7 @@ class ConversationService:
         priority: OutboxPriority = OutboxPriority.REPLY,
         dedupe_key: str | None = None,
         expires_at: datetime | None = None,
+        not_before: datetime | None = None,
         kind: str = "reply",
     ) -> None:
         payload: dict[str, Any] = {"type": "text", "text": text}
@@ -1209,6 +1238,7 @@ class ConversationService:
             priority=priority,
             dedupe_key=dedupe_key,
             expires_at=expires_at,
+            not_before=not_before,
             client_id=client.id,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,6 +59,26 @@ class TimeWindow(_Frozen):
         if self.start <= self.end:
             return self.start <= moment < self.end
         return moment >= self.start or moment < self.end
+
+    @classmethod
+    def parse(cls, text: str) -> TimeWindow:
+        """'22:00-08:00' as a window; ValueError with the allowed form otherwise."""
+        start, sep, end = text.partition("-")
+        if not sep:
+            raise ValueError("must look like 22:00-08:00")
+        return cls(start=parse_hhmm(start.strip()), end=parse_hhmm(end.strip()))
+
+    def ends_after(self, moment: datetime, zone: ZoneInfo) -> datetime | None:
+        """When `moment` falls inside the window in `zone`'s local time, the moment the window
+        ends (UTC); None when it falls outside."""
+        local = moment.astimezone(zone)
+        if not self.contains(local.time().replace(tzinfo=None)):
+            return None
+        day = local.date()
+        if self.end <= local.time().replace(tzinfo=None):
+            day += timedelta(days=1)  # the part before midnight of a window that wraps
+        end = datetime.combine(day, self.end, tzinfo=zone)
+        return end.astimezone(UTC)
 
 
 class OfficeHours(TimeWindow):

@@ -26,8 +26,7 @@ def parse_window(text: str | None, default: TimeWindow) -> TimeWindow:
     if not text:
         return default
     try:
-        start, end = text.split("-")
-        return TimeWindow(start=parse_hhmm(start.strip()), end=parse_hhmm(end.strip()))
+        return TimeWindow.parse(text)
     except ValueError:
         raise InvalidSchedule(
             f"quiet hours must look like 22:00-08:00 (got {text[:20]!r})"

@@ -519,6 +519,73 @@ async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: 
     assert world.pending() == [] and her_escalations(world) == ["safety_check_no_answer"]
 
 
+@pytest.mark.parametrize(
+    ("her_hours", "held_until"),
+    [(None, (8, 0)), ("23:00-07:30", None), ("21:00-06:45", (6, 45))],
+)
+async def test_what_a_time_out_tells_her_waits_for_the_end_of_her_quiet_hours(
+    world: World, her_hours: str | None, held_until: tuple[int, int] | None
+) -> None:
+    """She went silent in the evening and the time-out comes at 22:16 her time: her worker is
+    alerted at once, but her phone stays silent until her quiet hours (the organisation's
+    22:00-08:00 unless she chose her own) are over."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        her = session.get_one(Client, world.client_id)
+        her.quiet_hours = her_hours
+    world.clock.set(datetime(2026, 3, 3, 21, 45, tzinfo=amsterdam))  # type: ignore[attr-defined]
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    world.pending()
+    world.clock.advance(timedelta(minutes=31))
+    assert await world.service.fire_timeouts() == 1
+    with world.care.sessions() as session:
+        rows = session.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.id.not_in(world.seen)
+            )
+        ).all()
+        wait = {row.recipient_kind: row.not_before for row in rows}
+    assert len(rows) == 2, "one message to her, one alert to her worker"
+
+    def at_once(moment: datetime) -> bool:  # (an unheld row waits for nothing: written now)
+        return abs(moment - datetime.now(UTC)) < timedelta(minutes=1)
+
+    assert at_once(wait[RecipientKind.WORKER]), "her worker is told at once"
+    if held_until is None:
+        assert at_once(wait[RecipientKind.CLIENT])
+    else:
+        expected = datetime(2026, 3, 4, *held_until, tzinfo=amsterdam)
+        assert wait[RecipientKind.CLIENT] == expected
+
+
+def test_quiet_hours_end_in_her_time_zone_across_midnight_and_clock_changes() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from care.settings import TimeWindow
+
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    night = TimeWindow.parse("22:00-08:00")
+    at = datetime(2026, 3, 28, 23, 30, tzinfo=amsterdam)  # the night clocks go forward
+    assert night.ends_after(at, amsterdam) == datetime(2026, 3, 29, 6, 0, tzinfo=UTC)
+    early = datetime(2026, 3, 29, 7, 59, tzinfo=amsterdam)
+    assert night.ends_after(early, amsterdam) == datetime(2026, 3, 29, 8, 0, tzinfo=amsterdam)
+    assert night.ends_after(datetime(2026, 3, 29, 8, 0, tzinfo=amsterdam), amsterdam) is None
+    assert night.ends_after(datetime(2026, 3, 29, 21, 59, tzinfo=amsterdam), amsterdam) is None
+    siesta = TimeWindow.parse("13:00-15:00")
+    assert siesta.ends_after(datetime(2026, 7, 1, 14, 0, tzinfo=amsterdam), amsterdam) == (
+        datetime(2026, 7, 1, 15, 0, tzinfo=amsterdam)
+    )
+    with pytest.raises(ValueError, match="22:00-08:00"):
+        TimeWindow.parse("22:00")
+    with pytest.raises(ValueError, match="HH:MM"):
+        TimeWindow.parse("22-08")
+
+
 async def test_a_question_she_answered_does_not_time_out(world: World) -> None:
     await enrolled(world)
     assert await world.service.start_flow(world.client_id, "safety_check")
