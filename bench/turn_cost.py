@@ -16,13 +16,13 @@ figures by a third from one hour to the next; here the quartiles usually lie wit
 cent, though on some days the VM's speed moves from minute to minute and then the ratio to the
 baseline is the figure to compare. To count instructions instead of seconds, run it under
 callgrind with two numbers of rounds and divide the difference by the extra turns (80 per
-round with the defaults, each with a stranger's text; the sender's threads make the count vary
-a little with timing):
+round with the defaults; `--her-turns-only` leaves the strangers' texts out; the sender's
+threads make the count vary a little with timing):
 
     .venv/bin/python bench/turn_cost.py
     .venv/bin/python bench/turn_cost.py --backend postgres   # the PostgreSQL of the tests
-    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 1
-    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 3
+    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 1 --her-turns-only
+    valgrind --tool=callgrind .venv/bin/python bench/turn_cost.py --rounds 3 --her-turns-only
 
 A benchmark prints figures; it never fails on them.
 """
@@ -107,17 +107,18 @@ class Figures:
     with placeholders, never a value)."""
 
 
-async def measure(clients: int, rounds: int, backend: str) -> Figures:
-    """Run the girls' turns, then the strangers' texts, on a new database."""
+async def measure(clients: int, rounds: int, backend: str, baseline: bool = True) -> Figures:
+    """Run the girls' turns, then (unless not `baseline`) the strangers' texts, on a new
+    database."""
     with tempfile.TemporaryDirectory() as tmp:
         url, pg_name = make_database(backend, Path(tmp))
         try:
-            return await _measure(url, clients, rounds)
+            return await _measure(url, clients, rounds, baseline)
         finally:
             drop_database(pg_name)
 
 
-async def _measure(url: str, clients: int, rounds: int) -> Figures:
+async def _measure(url: str, clients: int, rounds: int, baseline: bool) -> Figures:
     care = bench_care(url, clients)
     figures = Figures()
     counting = tracing = False
@@ -183,7 +184,7 @@ async def _measure(url: str, clients: int, rounds: int) -> Figures:
                     spent, turns = 0.0, 0
     await asyncio.sleep(SETTLE)
     counting = tracing = False
-    for n in range(len(ours) * CHUNK):
+    for n in range(len(ours) * CHUNK if baseline else 0):
         began = time.process_time()
         await strangers_text(STRANGER + n)
         spent += time.process_time() - began
@@ -210,19 +211,28 @@ def main() -> None:
     parser.add_argument(
         "--trace", action="store_true", help="also print the SQL of one check-in cycle"
     )
+    parser.add_argument(
+        "--her-turns-only",
+        action="store_true",
+        help="no strangers' texts (the baseline): for counting her turns' instructions",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.clients * max(args.rounds, 1) * len(CYCLE) < CHUNK:
         parser.error(f"measure at least {CHUNK} turns: raise --clients or --rounds")
-    figures = asyncio.run(measure(args.clients, max(args.rounds, 1), args.backend))
+    figures = asyncio.run(
+        measure(args.clients, max(args.rounds, 1), args.backend, not args.her_turns_only)
+    )
     ours, base, walls = figures.cpu, figures.baseline, figures.first_reply
     print(
         f"turn cost: {len(ours) * CHUNK} turns of the check-in cycle, one at a time, "
         f"{args.backend}, no Telegram"
     )
     print(f"  CPU, her turn                      {quartiles(ours)}")
-    print(f"  CPU, a stranger's text (baseline)  {quartiles(base)}")
-    print(f"  her turn costs {statistics.median(ours) / statistics.median(base):.1f}x the baseline")
+    if base:
+        print(f"  CPU, a stranger's text (baseline)  {quartiles(base)}")
+        ratio = statistics.median(ours) / statistics.median(base)
+        print(f"  her turn costs {ratio:.1f}x the baseline")
     print(f"  her turn to its first reply        {quartiles(walls)} (wall clock)")
     print(f"  SQL statements per turn            {figures.statements / len(walls):5.2f}")
     if args.trace:
