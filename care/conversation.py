@@ -95,16 +95,6 @@ InboundKind = Literal["text", "choice", "command", "unsupported"]
 _Who = Literal["client", "worker", "nobody"]
 
 
-@dataclass(frozen=True)
-class _Duress:
-    """What the first look before a text turn found: whether her text is the duress word of
-    her organisation (the turn trusts it while she is the same client of the same one)."""
-
-    client_id: int
-    org_id: int
-    said: bool
-
-
 MAX_TEXT_CHARS = 2000
 """Longer texts get a kind "please write it shorter" instead of being read."""
 
@@ -473,7 +463,7 @@ class ConversationService:
         if inbound.kind != "text" or self.nlu.reads_here():
             return await self._handle_plain(inbound)
         # The NLU is a server: read her text before the turn's transaction, not inside it.
-        kind, person_id, lang, duress = await asyncio.to_thread(self._who, inbound)
+        kind, person_id, lang = await asyncio.to_thread(self._who, inbound)
         if kind == "nobody":
             return await asyncio.to_thread(self._stranger, inbound)
         understanding = None
@@ -482,9 +472,7 @@ class ConversationService:
             # recognised in the turn, which then ignores this.
             understanding = await self.nlu.understand(inbound.text, lang)
         try:
-            left = await asyncio.to_thread(
-                self._turn, inbound, kind, person_id, understanding, duress
-            )
+            left = await asyncio.to_thread(self._turn, inbound, kind, person_id, understanding)
         except _Duplicate:
             return Handled(duplicate=True, who=kind)
         except Exception as exc:
@@ -552,23 +540,17 @@ class ConversationService:
         kind, left = self._transact(work)
         return None if kind is None else (kind, left)
 
-    def _who(self, inbound: Inbound) -> tuple[_Who, int, str, _Duress | None]:
-        """Read-only first look: who, their id and language, and for her whether the text is
-        her organisation's duress word. (A duplicate update is found by the turn; until then
-        it costs one look and one NLU reading.)"""
+    def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
+        """Read-only first look: who, their id and language (her duress word is checked in
+        the turn, with her locked row). A duplicate update is found by the turn; until then it
+        costs one look and one NLU reading."""
         # Autocommit: one statement, no transaction to begin and end (on SQLite it need not
         # wait for the turn of the writers, see `care.db.SqliteTurns`).
         with self.care.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             found = directory.look_up_chat(conn, self.care.keyring, inbound.chat_id)
         if found is None:
-            return "nobody", 0, inbound.language or self.settings.default_language, None
-        duress = None
-        if found.kind == "client" and found.org_id is not None:
-            said = directory.matches_duress(
-                self.care.keyring, found.org_id, found.duress_index, inbound.text
-            )
-            duress = _Duress(found.id, found.org_id, said)
-        return found.kind, found.id, found.language, duress
+            return "nobody", 0, inbound.language or self.settings.default_language
+        return found.kind, found.id, found.language
 
     def _mark_processed(
         self, session: Session, inbound: Inbound, *, savepoint: bool = False
@@ -636,14 +618,11 @@ class ConversationService:
         kind: _Who,
         person_id: int,
         understanding: Any,
-        duress: _Duress | None = None,
     ) -> bool:
         """One turn in one transaction; True when it wrote messages the sender must look for
         (those it did not take over)."""
         _, left = self._transact(
-            lambda session: self._turn_in(
-                session, inbound, kind, person_id, understanding, duress=duress
-            )
+            lambda session: self._turn_in(session, inbound, kind, person_id, understanding)
         )
         return left
 
@@ -669,11 +648,9 @@ class ConversationService:
         person_id: int,
         understanding: Any,
         locked: Client | None = None,
-        *,
-        duress: _Duress | None = None,
     ) -> None:
         """The turn itself; `locked` is her row when it was just read (and locked) in this
-        transaction, `duress` what the first look found about her text."""
+        transaction."""
         self._mark_processed(session, inbound)
         now = self.clock.now()
         index = directory.chat_index(self.care.keyring, inbound.chat_id)
@@ -696,7 +673,7 @@ class ConversationService:
                 return
             client = session.get(Client, linked.client.id, with_for_update=True)
             assert client is not None
-        self._client_turn(session, client, inbound, understanding, now, duress)
+        self._client_turn(session, client, inbound, understanding, now)
 
     def _worker_turn(
         self, session: Session, worker: Worker, inbound: Inbound, now: datetime
@@ -732,10 +709,9 @@ class ConversationService:
         inbound: Inbound,
         understanding: Any,
         now: datetime,
-        duress: _Duress | None = None,
     ) -> None:
         self._remember(session, client, inbound.message_id, now)
-        if inbound.kind == "text" and self._is_duress(session, client, inbound.text, duress):
+        if inbound.kind == "text" and self._is_duress(session, client, inbound.text):
             # Something ordinary for whoever reads along; a silent alarm for her worker.
             self._reply(session, client, text_for("duress_reply", client.language))
             escalations.raise_escalation(
@@ -796,11 +772,7 @@ class ConversationService:
             len(step.events),
         )
 
-    def _is_duress(
-        self, session: Session, client: Client, text: str, looked: _Duress | None
-    ) -> bool:
-        if looked is not None and (looked.client_id, looked.org_id) == (client.id, client.org_id):
-            return looked.said  # her first look read her organisation's duress index already
+    def _is_duress(self, session: Session, client: Client, text: str) -> bool:
         ahead = session.info.get(_DURESS_AHEAD)
         if ahead is not None and ahead[:2] == (client.id, client.org_id):
             # her locked row was read with it

@@ -301,11 +301,7 @@ def find_by_chat(session: Session, keyring: KeyRing, chat_id: int, *, lock: bool
     return Linked(worker, None)
 
 
-_CLIENT_LOOK = (
-    select(Client.id, Client.language, Client.org_id, Organisation.duress_index)
-    .join(Organisation, Organisation.id == Client.org_id)
-    .where(Client.chat_index == bindparam("index"))
-)
+_CLIENT_LOOK = select(Client.id, Client.language).where(Client.chat_index == bindparam("index"))
 _WORKER_LOOK = select(Worker.id, Worker.language).where(Worker.chat_index == bindparam("index"))
 
 
@@ -316,10 +312,6 @@ class Look:
     kind: Literal["client", "worker"]
     id: int
     language: str
-    org_id: int | None = None
-    """Her organisation (a client's look only)."""
-    duress_index: str | None = None
-    """Her organisation's duress index, None when it has no duress word (a client's look)."""
 
 
 def look_up_chat(connection: Connection, keyring: KeyRing, chat_id: int) -> Look | None:
@@ -328,7 +320,7 @@ def look_up_chat(connection: Connection, keyring: KeyRing, chat_id: int) -> Look
     params = {"index": chat_index(keyring, chat_id)}
     client = connection.execute(_CLIENT_LOOK, params).first()
     if client is not None:
-        return Look("client", client.id, client.language, client.org_id, client.duress_index)
+        return Look("client", client.id, client.language)
     worker = connection.execute(_WORKER_LOOK, params).first()
     if worker is not None:
         return Look("worker", worker.id, worker.language)

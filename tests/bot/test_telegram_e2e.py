@@ -208,23 +208,23 @@ async def test_duress_word_gets_an_ordinary_reply_and_a_silent_alarm(
 async def test_a_first_look_from_before_a_move_does_not_hide_the_duress_word(
     telegram_bot: TelegramWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a server NLU, a look before the text turn reads her organisation's duress word;
-    when that look is out of date (she moved to another organisation meanwhile), the turn asks
-    again. (The embedded NLU reads her text in the turn, which reads the index itself.)"""
-    import dataclasses
-
+    """With a server NLU, her text has a look of its own before the turn. When the duress word
+    changes after that look (her organisation sets one meanwhile), the turn still recognises
+    it: it reads the word with her locked row, never from the look."""
     from care import directory
+    from care.models import Organisation
 
     tg = telegram_bot
     fake = tg.fake
-    await _enrolled_with_duress_word(tg, "Paraplu")
+    await tg.enroll()
     real_look = directory.look_up_chat
 
     def look_from_before(*args: Any) -> directory.Look | None:
         found = real_look(*args)
-        if found is None or found.org_id is None:
-            return found
-        return dataclasses.replace(found, org_id=found.org_id + 1000, duress_index=None)
+        with tg.care.sessions.begin() as session:
+            org = session.scalars(select(Organisation)).one()
+            directory.set_duress_word(session, tg.care.keyring, org, "Paraplu", "test")
+        return found
 
     looks = []
 
