@@ -101,6 +101,10 @@ MAX_TEXT_CHARS = 2000
 PROCESSED_KEPT = timedelta(days=7)
 """How long a processed update id is kept (Telegram keeps undelivered updates for 24 hours)."""
 
+TIMEOUT_GIVE_UP = timedelta(minutes=10)
+"""A time-out that still fails this long after it was due is given up: her worker is alerted
+instead of the job trying again every minute while what should follow (maybe an alert) never
+comes."""
 _CHECKIN_WINDOW = timedelta(hours=36)
 _CHECKIN_CONTINUES = timedelta(hours=2)
 _STATE_FORMAT = 1
@@ -338,7 +342,7 @@ session as the turn before it left it (READ COMMITTED re-reads only the rows it 
 organisation's row is not (her turn must not wait for another girl's). A girl without a
 session row is not found here."""
 _TIMED_OUT = (
-    select(_SESSIONS.c.client_id)
+    select(_SESSIONS.c.client_id, _SESSIONS.c.timeout_at)
     .where(_SESSIONS.c.timeout_at <= bindparam("now", type_=DialogueSession.timeout_at.type))
     .order_by(_SESSIONS.c.timeout_at)
     .limit(500)
@@ -1051,7 +1055,8 @@ class ConversationService:
         """Go on, without her answer, with every conversation whose question waited for her
         longer than its node's `timeout_minutes`: for example a safety check she did not
         answer then alerts her worker. Run periodically (every minute); returns how many
-        time-outs happened."""
+        time-outs happened. One that fails is tried again at the next run, and given up with
+        an alert to her worker once it has failed for `TIMEOUT_GIVE_UP` (counted here)."""
         fired = await asyncio.to_thread(self._fire_timeouts)
         if fired:
             self.wake()
@@ -1060,9 +1065,9 @@ class ConversationService:
     def _fire_timeouts(self) -> int:
         now = self.clock.now()
         with self.care.engine.connect() as connection:
-            due = connection.execute(_TIMED_OUT, {"now": now}).scalars().all()
+            due = connection.execute(_TIMED_OUT, {"now": now}).all()
         fired = 0
-        for client_id in due:
+        for client_id, due_at in due:
             try:
                 fired += self._fire_timeout(client_id, now)
             except Exception as exc:  # the others still get theirs; this one is tried again
@@ -1072,6 +1077,8 @@ class ConversationService:
                     type(exc).__name__,
                     _where(exc),
                 )
+                if now - due_at >= TIMEOUT_GIVE_UP:
+                    fired += self._give_up_timeout(client_id, now)
         if fired:
             log.info("timeout.fired count=%d", fired)
         return fired
@@ -1112,6 +1119,39 @@ class ConversationService:
 
         fired, _ = self._transact(work)
         return fired
+
+    def _give_up_timeout(self, client_id: int, now: datetime) -> bool:
+        """Her time-out has failed since `TIMEOUT_GIVE_UP`: stop trying and alert her worker
+        (what should have followed may have been an alert: a safety check she did not
+        answer). Her session stays at the question, so her next message goes on from there.
+        True when her worker was alerted."""
+
+        def work(session: Session) -> bool:
+            client = session.get(Client, client_id, with_for_update=True)
+            still = {"her_id": client_id, "now": now}
+            if client is None or session.execute(_STILL_TIMED_OUT, still).first() is None:
+                return False  # it went through meanwhile (another process, or she answered)
+            session.execute(_NO_TIMEOUT, {"her_id": client_id})
+            if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
+                return False
+            escalations.raise_escalation(
+                session,
+                self.care.vault,
+                self.settings,
+                client,
+                Severity.HIGH,
+                "timeout_failed",
+                now=now,
+            )
+            return True
+
+        try:
+            alerted, _ = self._transact(work)
+        except Exception as exc:  # logged; the job tries again next time
+            log.error("timeout.give_up_failed client=%s error=%s", client_id, type(exc).__name__)
+            return False
+        log.error("timeout.given_up client=%s worker_alerted=%s", client_id, alerted)
+        return alerted
 
     def _quiet_until(self, client: Client, now: datetime) -> datetime | None:
         """When `now` falls in her quiet hours, the moment they end (None otherwise). She did

@@ -74,6 +74,12 @@ _REASONS: dict[str, dict[str, str]] = {
         "nl": "schreef iets wat op gevaar wijst en antwoordt niet meer",
         "en": "wrote something that sounds unsafe and stopped answering",
     },
+    "timeout_failed": {
+        "nl": "antwoordde niet op een vraag van de app, en daarna liep de app vast. "
+        "Kijk even hoe het met haar gaat",
+        "en": "did not answer a question from the app, and then the app got stuck. "
+        "Please check on her",
+    },
     "duress": {
         "nl": "STIL ALARM: ze stuurde het noodwoord. Reageer niet via de bot; "
         "ze is misschien niet alleen.",

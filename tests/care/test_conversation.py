@@ -34,6 +34,7 @@ from care.models import (
     OutboxStatus,
     ProcessedUpdate,
     RecipientKind,
+    Severity,
     Worker,
 )
 from care.outbox import OutboxSender, SenderOptions
@@ -517,6 +518,68 @@ async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: 
     world.clock.advance(timedelta(hours=2))
     assert await world.service.fire_timeouts() == 0
     assert world.pending() == [] and her_escalations(world) == ["safety_check_no_answer"]
+
+
+def break_time_outs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What follows an unanswered question fails (a fault in the engine or the content)."""
+    real = dialogues.resume
+
+    def resume(state: Any, given: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(given, dialogues.TimeoutInput):
+            raise RuntimeError("a fault after the question")
+        return real(state, given, *args, **kwargs)
+
+    monkeypatch.setattr(dialogues, "resume", resume)
+
+
+async def test_a_time_out_that_keeps_failing_is_given_up_and_her_worker_alerted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her safety check waited 30 minutes, and what follows fails. The job tries again every
+    minute; after ten minutes of failing her worker gets an urgent alert instead (once),
+    she is told nothing, and the job stops trying. Her next answer goes on from the
+    question."""
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    question = world.to_client()[-1]
+    world.pending()
+    break_time_outs(monkeypatch)
+    world.clock.advance(timedelta(minutes=31))
+    assert await world.service.fire_timeouts() == 0
+    world.clock.advance(timedelta(minutes=8))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == []
+    world.clock.advance(timedelta(minutes=1))
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["timeout_failed"]
+    assert world.to_client() == []
+    alerts = world.to_worker()
+    assert [a.kind for a in alerts] == ["alert"]
+    assert "daarna liep de app vast. Kijk even hoe het met haar gaat" in alerts[0].text
+    with world.care.sessions() as session:
+        severity = session.scalars(select(Escalation.severity)).one()
+    assert severity == Severity.HIGH
+    world.clock.advance(timedelta(hours=2))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == ["timeout_failed"]
+    monkeypatch.undo()
+    await world.press(question.button("Nee, nu niet"))
+    assert world.to_client(), "her answer is taken up where she left off"
+
+
+async def test_a_time_out_that_fails_for_a_moment_goes_through_as_usual(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await enrolled(world)
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    world.pending()
+    break_time_outs(monkeypatch)
+    world.clock.advance(timedelta(minutes=31))
+    assert await world.service.fire_timeouts() == 0
+    monkeypatch.undo()
+    world.clock.advance(timedelta(minutes=5))
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["safety_check_no_answer"]
 
 
 @pytest.mark.parametrize(
