@@ -67,7 +67,7 @@ from care.models import (
     Severity,
     Worker,
 )
-from care.settings import WEEKDAYS, Settings, TimeWindow
+from care.settings import WEEKDAYS, Settings
 from care.texts import pick
 from care.workers import WorkerDesk, format_when
 from dialogues import (
@@ -1096,7 +1096,11 @@ class ConversationService:
             state = self._load(session, client)
             context = self.context(session, client, state.fields, now)
             step = self._resume(state, TimeoutInput(), client.language, context)
-            held = self._quiet_until(client, now)
+            # She did not write just now: what it tells her waits for the end of her quiet
+            # hours; her worker's alerts do not.
+            held = self.settings.quiet_until(
+                client.quiet_hours, client.timezone, now, who=client.id
+            )
             self._apply(
                 session,
                 client,
@@ -1152,21 +1156,6 @@ class ConversationService:
             return False
         log.error("timeout.given_up client=%s worker_alerted=%s", client_id, alerted)
         return alerted
-
-    def _quiet_until(self, client: Client, now: datetime) -> datetime | None:
-        """When `now` falls in her quiet hours, the moment they end (None otherwise). She did
-        not write just now, so what a time-out says to her waits until then; her worker's
-        alerts do not."""
-        window = self.settings.reminders.quiet_hours
-        try:
-            if client.quiet_hours:
-                window = TimeWindow.parse(client.quiet_hours)
-            return window.ends_after(now, ZoneInfo(client.timezone))
-        except (ValueError, KeyError):  # unreadable hours or zone (set by hand?): the default
-            log.warning("quiet_hours.unreadable client=%s", client.id)
-            return self.settings.reminders.quiet_hours.ends_after(
-                now, ZoneInfo(self.settings.timezone)
-            )
 
     # ------------------------------------------------------------------ applying events
 

@@ -6,6 +6,7 @@ that names the file, the key (and line where known) and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from care.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.yml"
@@ -210,6 +213,20 @@ class Settings(_Frozen):
     def zone(self) -> ZoneInfo:
         """The default time zone as a ZoneInfo."""
         return ZoneInfo(self.timezone)
+
+    def quiet_until(
+        self, hours: str | None, zone: str, now: datetime, *, who: int | None = None
+    ) -> datetime | None:
+        """When `now` falls in a girl's quiet hours (her own `hours`, such as '22:00-08:00',
+        else the organisation's), the moment they end in her time zone; None otherwise. Her
+        hours or zone unreadable (set by hand?): the organisation's hours in its own zone,
+        and a warning with her id (`who`)."""
+        try:
+            window = TimeWindow.parse(hours) if hours else self.reminders.quiet_hours
+            return window.ends_after(now, ZoneInfo(zone))
+        except (ValueError, KeyError):
+            _log.warning("quiet_hours.unreadable client=%s", who)
+            return self.reminders.quiet_hours.ends_after(now, self.zone)
 
     @property
     def base_dir(self) -> Path:

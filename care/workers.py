@@ -9,7 +9,8 @@ Commands (the same in Dutch and English; the worker's language sets the answers)
                                         DATE is DD-MM-YYYY or YYYY-MM-DD, TIME is HH:MM (24 h),
                                         in her time zone; confirmed back with buttons first
     /escalations                        open escalations of the organisation, with buttons
-    /send ALIAS TEXT                    a message from you, relayed by the bot
+    /send ALIAS TEXT                    a message from you, relayed by the bot (in her quiet
+                                        hours it waits for their end, or a button sends it now)
     /handover ALIAS WORKER NOTE         warm handover to a colleague: both are told, she is
                                         introduced to her new worker
 
@@ -47,7 +48,10 @@ from care.models import (
     ClientStatus,
     Escalation,
     EscalationStatus,
+    OutboxMessage,
     OutboxPriority,
+    OutboxStatus,
+    RecipientKind,
     Worker,
     WorkerRole,
 )
@@ -272,6 +276,23 @@ _T: dict[str, dict[str, str]] = {
         "en": "Message from {worker_name}:\n{text}",
     },
     "relayed": {"nl": "Doorgestuurd aan {alias}.", "en": "Sent to {alias}."},
+    "relay_held": {
+        "nl": "Het is nu stille tijd voor {alias}: haar telefoon blijft stil tot {until} "
+        "(haar tijd). Je bericht gaat dan naar haar toe. Moet het toch nu? Druk op de knop. "
+        "Is het dringend, bel haar dan.",
+        "en": "It is quiet time for {alias}: her phone stays silent until {until} (her "
+        "time). Your message goes to her then. Must it go now? Press the button. If it is "
+        "urgent, call her.",
+    },
+    "btn_send_now": {"nl": "Toch nu sturen", "en": "Send it now"},
+    "relay_now": {
+        "nl": "Je bericht gaat nu naar {alias}.",
+        "en": "Your message goes to {alias} now.",
+    },
+    "relay_gone": {
+        "nl": "Dat bericht is al verstuurd of bestaat niet meer.",
+        "en": "That message has been sent already or no longer exists.",
+    },
     "cannot_reach": {
         "nl": "{alias} is niet bereikbaar via de bot ({why}). Neem op een andere manier "
         "contact op.",
@@ -867,7 +888,12 @@ class WorkerDesk:
             return
         text = " ".join(args[1:])[:3500]
         relay = _t("relay", client.language, worker_name=escalations.first_name(worker), text=text)
-        outbox.enqueue(
+        # In her quiet hours her phone stays silent: the message waits for their end, unless
+        # her worker says it must go now (`relay:now:<row id>`).
+        held = self.care.settings.quiet_until(
+            client.quiet_hours, client.timezone, now, who=client.id
+        )
+        row = outbox.enqueue(
             session,
             self.care.vault,
             client,
@@ -875,9 +901,43 @@ class WorkerDesk:
             kind="relay",
             priority=OutboxPriority.REPLY,
             client_id=client.id,
+            not_before=held,
         )
         self._look(session, worker, "worker.send", client)
-        self._say(session, worker, _t("relayed", lang, alias=client.alias))
+        if held is None:
+            self._say(session, worker, _t("relayed", lang, alias=client.alias))
+            return
+        outbox.write(session, [row])  # its id goes into the button
+        until = self._local(held, client.timezone, lang)
+        self._say(
+            session,
+            worker,
+            _t("relay_held", lang, alias=client.alias, until=until),
+            buttons=[[[f"relay:now:{row.id}", _t("btn_send_now", lang)]]],
+            client_id=client.id,
+        )
+
+    def _send_now(self, session: Session, worker: Worker, row_id: int, now: datetime) -> None:
+        """Her worker's held message goes now after all: only a relay still waiting for a
+        girl of the worker's own organisation (a forged or foreign id changes nothing)."""
+        row = session.get(OutboxMessage, row_id, with_for_update=True)
+        client = session.get(Client, row.recipient_id) if row is not None else None
+        if (
+            row is None
+            or client is None
+            or row.kind != "relay"
+            or row.recipient_kind is not RecipientKind.CLIENT
+            or client.org_id != worker.org_id
+        ):
+            audit.record(session, f"worker:{worker.id}", "worker.button_refused", detail="relay")
+            self._say(session, worker, _t("button_unknown", worker.language))
+            return
+        if row.status is not OutboxStatus.PENDING or row.not_before <= now:
+            self._say(session, worker, _t("relay_gone", worker.language))
+            return
+        row.not_before = now
+        self._look(session, worker, "worker.send_now", client)
+        self._say(session, worker, _t("relay_now", worker.language, alias=client.alias))
 
     def _handover(self, session: Session, worker: Worker, args: list[str], now: datetime) -> None:
         lang = worker.language
@@ -998,6 +1058,14 @@ class WorkerDesk:
             self._say(session, worker, outcome.message)
             return
         parts = data.split(":")
+        if (
+            len(parts) == 3
+            and parts[:2] == ["relay", "now"]
+            and parts[2].isdigit()
+            and len(parts[2]) < 10
+        ):
+            self._send_now(session, worker, int(parts[2]), now)
+            return
         if len(parts) == 3 and parts[0] == "appt" and parts[1] in ("ok", "no"):
             self._confirm_appointment(session, worker, parts[1] == "ok", parts[2], now)
             return

@@ -302,6 +302,11 @@ async def test_worker_commands(telegram_bot: TelegramWorld) -> None:
     )
     assert "31-12-2026 14:30" in (sent[0].text or "")
 
+    # (Her quiet hours, her own here, lie well away from now: a message in them waits.)
+    awake = datetime.now(ZoneInfo("Europe/Amsterdam"))
+    quiet = f"{(awake + timedelta(hours=6)):%H:%M}-{(awake + timedelta(hours=7)):%H:%M}"
+    with tg.care.sessions.begin() as session:
+        session.scalars(select(Client).where(Client.alias == "roos-1")).one().quiet_hours = quiet
     sent = await tg.exchange(lambda: worker("/send", "roos-1 Tot morgen!"), chat_id=WORKER_CHAT)
     assert sent[0].text == "Doorgestuurd aan roos-1."
     her = await tg.bot_says(her_before + 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -10,7 +11,17 @@ from sqlalchemy import select
 from care import directory
 from care.context import Care
 from care.errors import InvalidInput
-from care.models import Appointment, AuditEntry, CheckIn, Client, ClientStatus, WorkerRole
+from care.models import (
+    Appointment,
+    AuditEntry,
+    CheckIn,
+    Client,
+    ClientStatus,
+    OutboxMessage,
+    OutboxStatus,
+    Worker,
+    WorkerRole,
+)
 from care.workers import ClockChange, NoSuchDate, mood_chart, parse_when
 from tests.bot.world import WORKER_CHAT, World, make_world
 
@@ -250,3 +261,86 @@ async def test_client_view_shows_what_was_not_sent_and_why(world: World) -> None
     assert "check-in: in haar stille uren" in text
     assert "afspraakherinnering: bot was uit" in text
     assert "ze heeft gepauzeerd" not in text  # older than 14 days
+
+
+def relay_rows(world: World) -> list[tuple[int, datetime, OutboxStatus]]:
+    with world.care.sessions() as session:
+        rows = session.execute(
+            select(OutboxMessage.id, OutboxMessage.not_before, OutboxMessage.status)
+            .where(OutboxMessage.kind == "relay")
+            .order_by(OutboxMessage.id)
+        )
+        return [(row_id, not_before, status) for row_id, not_before, status in rows]
+
+
+async def test_a_message_in_her_quiet_hours_waits_unless_her_worker_says_now(
+    world: World,
+) -> None:
+    """At 23:30 her phone must stay silent: Anna's message waits until 08:00 (the
+    organisation's quiet hours, 22:00-08:00, her time), and Anna is told so, with a button
+    to send it now after all. Pressing it twice sends it once."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    world.clock.set(datetime(2026, 3, 3, 23, 30, tzinfo=amsterdam))  # type: ignore[attr-defined]
+    answer = await worker_says(world, "send", "roos-1", "Bel", "me", "morgen")
+    assert answer.startswith("Het is nu stille tijd voor roos-1: haar telefoon blijft stil tot")
+    assert "04-03 08:00" in answer
+    [(row_id, not_before, status)] = relay_rows(world)
+    assert not_before == datetime(2026, 3, 4, 8, 0, tzinfo=amsterdam)
+    assert status is OutboxStatus.PENDING
+    await world.command("send", "roos-1", "hoi", chat_id=WORKER_CHAT)
+    button = world.to_worker()[-1].button("Toch nu sturen")
+    assert button != f"relay:now:{row_id}", "each held message has a button of its own"
+
+    await world.press(f"relay:now:{row_id}", chat_id=WORKER_CHAT)
+    assert [s.text for s in world.to_worker()] == ["Je bericht gaat nu naar roos-1."]
+    rows = relay_rows(world)
+    assert rows[0][1] == world.clock.now(), "the first goes now"
+    assert rows[1][1] == datetime(2026, 3, 4, 8, 0, tzinfo=amsterdam), "the second still waits"
+    await world.press(f"relay:now:{row_id}", chat_id=WORKER_CHAT)
+    assert [s.text for s in world.to_worker()] == [
+        "Dat bericht is al verstuurd of bestaat niet meer."
+    ]
+    with world.care.sessions() as session:
+        actions = list(session.scalars(select(AuditEntry.action)))
+    assert actions.count("worker.send_now") == 1
+
+
+async def test_in_her_own_waking_hours_a_message_goes_at_once(world: World) -> None:
+    """She chose 01:00-07:00 as her quiet hours: at 23:30 a message goes to her at once."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    with world.care.sessions.begin() as session:
+        session.get_one(Client, world.client_id).quiet_hours = "01:00-07:00"
+    world.clock.set(datetime(2026, 3, 3, 23, 30, tzinfo=amsterdam))  # type: ignore[attr-defined]
+    assert await worker_says(world, "send", "roos-1", "hoi") == "Doorgestuurd aan roos-1."
+    [(_, not_before, _)] = relay_rows(world)
+    assert abs(not_before - datetime.now(UTC)) < timedelta(minutes=1), "written to go now"
+
+
+async def test_send_now_for_a_forged_or_foreign_message_changes_nothing(world: World) -> None:
+    """A made-up id, a message that is no relay (her check-in question) and another
+    organisation's held message: each is refused and audited; nothing moves."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    world.clock.set(datetime(2026, 3, 3, 23, 30, tzinfo=amsterdam))  # type: ignore[attr-defined]
+    with world.care.sessions.begin() as session:
+        directory.add_organisation(session, "De Overkant")
+        other = directory.add_worker(session, world.care.vault, "De Overkant", "Olga")
+        directory.link_chat(session, world.care.vault, other.code, 5_550_077)
+        olga = session.get_one(Worker, other.id)
+        invited = directory.invite_client(session, world.care.vault, olga, alias="zon-9")
+        directory.link_chat(session, world.care.vault, invited.code, 5_550_078)
+    world.pending()
+    await world.command("send", "zon-9", "hoi", chat_id=5_550_077)
+    [(foreign, _, _)] = relay_rows(world)
+    world.pending()
+    await world.service.start_flow(world.client_id, "checkin")
+    not_relay = world.to_client()[-1].id
+    before = relay_rows(world)
+    for forged in (f"relay:now:{foreign}", f"relay:now:{not_relay}", "relay:now:999999999"):
+        await world.press(forged, chat_id=WORKER_CHAT)
+        assert [s.text for s in world.to_worker()] == ["Deze knop werkt niet (meer)."]
+    assert relay_rows(world) == before
+    with world.care.sessions() as session:
+        refused = session.scalars(
+            select(AuditEntry.action).where(AuditEntry.action == "worker.button_refused")
+        ).all()
+    assert len(refused) == 3
