@@ -284,6 +284,10 @@ _T: dict[str, dict[str, str]] = {
         "time). Your message goes to her then. Must it go now? Press the button. If it is "
         "urgent, call her.",
     },
+    "held_note": {
+        "nl": "Zij krijgt het bericht om {until} (stille tijd).",
+        "en": "She gets the message at {until} (quiet time).",
+    },
     "btn_send_now": {"nl": "Toch nu sturen", "en": "Send it now"},
     "relay_now": {
         "nl": "Je bericht gaat nu naar {alias}.",
@@ -878,6 +882,32 @@ class WorkerDesk:
             return False
         return True
 
+    def _relay(
+        self, session: Session, client: Client, text: str, now: datetime
+    ) -> tuple[OutboxMessage, datetime | None]:
+        """A message to her on her worker's behalf. In her quiet hours her phone stays
+        silent: it waits for their end (returned; None when it goes now)."""
+        held = self.care.settings.quiet_until(
+            client.quiet_hours, client.timezone, now, who=client.id
+        )
+        row = outbox.enqueue(
+            session,
+            self.care.vault,
+            client,
+            {"type": "text", "text": text},
+            kind="relay",
+            priority=OutboxPriority.REPLY,
+            client_id=client.id,
+            not_before=held,
+        )
+        return row, held
+
+    def _held_note(self, client: Client, held: datetime | None, lang: str) -> str:
+        """For her worker: when she gets a message held for her quiet hours ('' if not)."""
+        if held is None:
+            return ""
+        return " " + _t("held_note", lang, until=self._local(held, client.timezone, lang))
+
     def _send(self, session: Session, worker: Worker, args: list[str], now: datetime) -> None:
         lang = worker.language
         if len(args) < 2:
@@ -888,21 +918,8 @@ class WorkerDesk:
             return
         text = " ".join(args[1:])[:3500]
         relay = _t("relay", client.language, worker_name=escalations.first_name(worker), text=text)
-        # In her quiet hours her phone stays silent: the message waits for their end, unless
-        # her worker says it must go now (`relay:now:<row id>`).
-        held = self.care.settings.quiet_until(
-            client.quiet_hours, client.timezone, now, who=client.id
-        )
-        row = outbox.enqueue(
-            session,
-            self.care.vault,
-            client,
-            {"type": "text", "text": relay},
-            kind="relay",
-            priority=OutboxPriority.REPLY,
-            client_id=client.id,
-            not_before=held,
-        )
+        # Held for her quiet hours unless her worker says it must go now (`relay:now:<id>`).
+        row, held = self._relay(session, client, relay, now)
         self._look(session, worker, "worker.send", client)
         if held is None:
             self._say(session, worker, _t("relayed", lang, alias=client.alias))
@@ -1017,6 +1034,7 @@ class WorkerDesk:
                 priority=OutboxPriority.NOTICE,
                 client_id=client.id,
             )
+        held: datetime | None = None
         if (
             client.chat_id_enc is not None
             and client.status in (ClientStatus.ACTIVE, ClientStatus.PAUSED)
@@ -1028,16 +1046,13 @@ class WorkerDesk:
                 new=escalations.first_name(new),
                 old=escalations.first_name(old) if old else escalations.first_name(worker),
             )
-            outbox.enqueue(
-                session,
-                self.care.vault,
-                client,
-                {"type": "text", "text": intro},
-                kind="relay",
-                priority=OutboxPriority.REPLY,
-                client_id=client.id,
-            )
-        self._say(session, worker, _t("handover_done", lang, alias=client.alias, name=new.name))
+            _, held = self._relay(session, client, intro, now)
+        self._say(
+            session,
+            worker,
+            _t("handover_done", lang, alias=client.alias, name=new.name)
+            + self._held_note(client, held, lang),
+        )
 
     # ------------------------------------------------------------------ buttons
 
@@ -1097,27 +1112,23 @@ class WorkerDesk:
             return
         self._look(session, worker, "worker.appointment", client)
         when = format_when(draft.starts_at, client.timezone, lang)
-        self._say(session, worker, _t("appointment_saved", lang, alias=client.alias, when=when))
+        held: datetime | None = None
         if (
             client.chat_id_enc is not None
             and client.status is ClientStatus.ACTIVE
             and not client.unreachable
         ):
             her_when = format_when(draft.starts_at, client.timezone, client.language)
-            outbox.enqueue(
-                session,
-                self.care.vault,
-                client,
-                {
-                    "type": "text",
-                    "text": _t(
-                        "client_appointment",
-                        client.language,
-                        worker_name=escalations.first_name(worker),
-                        when=her_when,
-                    ),
-                },
-                kind="relay",
-                priority=OutboxPriority.REPLY,
-                client_id=client.id,
+            told = _t(
+                "client_appointment",
+                client.language,
+                worker_name=escalations.first_name(worker),
+                when=her_when,
             )
+            _, held = self._relay(session, client, told, now)
+        self._say(
+            session,
+            worker,
+            _t("appointment_saved", lang, alias=client.alias, when=when)
+            + self._held_note(client, held, lang),
+        )

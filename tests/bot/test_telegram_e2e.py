@@ -255,6 +255,12 @@ async def test_worker_commands(telegram_bot: TelegramWorld) -> None:
         colleague = directory.add_worker(session, tg.care.vault, "Het Anker", "Bram Jansen")
         directory.link_chat(session, tg.care.vault, colleague.code, 5_550_009)
     await tg.enroll()
+    # Her quiet hours (her own here) lie well away from now: what her worker sends in them
+    # waits for their end.
+    awake = datetime.now(ZoneInfo("Europe/Amsterdam"))
+    quiet = f"{(awake + timedelta(hours=6)):%H:%M}-{(awake + timedelta(hours=7)):%H:%M}"
+    with tg.care.sessions.begin() as session:
+        session.scalars(select(Client).where(Client.alias == "roos-1")).one().quiet_hours = quiet
     await tg.exchange(lambda: fake.push_command(CLIENT_CHAT, "/checkin"), expect=1)
     await tg.exchange(lambda: fake.press(CLIENT_CHAT, "😔 Niet zo goed"), expect=2)
     await tg.settle()
@@ -302,11 +308,6 @@ async def test_worker_commands(telegram_bot: TelegramWorld) -> None:
     )
     assert "31-12-2026 14:30" in (sent[0].text or "")
 
-    # (Her quiet hours, her own here, lie well away from now: a message in them waits.)
-    awake = datetime.now(ZoneInfo("Europe/Amsterdam"))
-    quiet = f"{(awake + timedelta(hours=6)):%H:%M}-{(awake + timedelta(hours=7)):%H:%M}"
-    with tg.care.sessions.begin() as session:
-        session.scalars(select(Client).where(Client.alias == "roos-1")).one().quiet_hours = quiet
     sent = await tg.exchange(lambda: worker("/send", "roos-1 Tot morgen!"), chat_id=WORKER_CHAT)
     assert sent[0].text == "Doorgestuurd aan roos-1."
     her = await tg.bot_says(her_before + 2)

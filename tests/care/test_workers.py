@@ -344,3 +344,25 @@ async def test_send_now_for_a_forged_or_foreign_message_changes_nothing(world: W
             select(AuditEntry.action).where(AuditEntry.action == "worker.button_refused")
         ).all()
     assert len(refused) == 3
+
+
+async def test_what_her_worker_arranges_at_night_reaches_her_in_the_morning(
+    world: World,
+) -> None:
+    """An appointment saved and a handover made at 23:30: she hears of both at 08:00, and
+    her worker is told when."""
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    world.clock.set(datetime(2026, 3, 3, 23, 30, tzinfo=amsterdam))  # type: ignore[attr-defined]
+    await world.command("appointment", "roos-1", "31-12-2026", "14:30", chat_id=WORKER_CHAT)
+    await world.press(world.to_worker()[-1].button("Opslaan"), chat_id=WORKER_CHAT)
+    saved = world.to_worker()[-1].text
+    assert saved.startswith("Opgeslagen: afspraak met roos-1")
+    assert saved.endswith("Zij krijgt het bericht om 04-03 08:00 (stille tijd).")
+    with world.care.sessions.begin() as session:
+        bram = directory.add_worker(session, world.care.vault, "Het Anker", "Bram Jansen")
+        directory.link_chat(session, world.care.vault, bram.code, 5_550_033)
+    world.pending()
+    handed = await worker_says(world, "handover", "roos-1", "Bram", "Jansen", "Ze", "tekent")
+    assert handed.endswith("Zij krijgt het bericht om 04-03 08:00 (stille tijd).")
+    morning = datetime(2026, 3, 4, 8, 0, tzinfo=amsterdam)
+    assert [not_before for _, not_before, _ in relay_rows(world)] == [morning, morning]
