@@ -753,7 +753,8 @@ _NOT_MARKED_BY = select(_OUTBOX.c.id).where(
 
 
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
-    """Due rows that nothing is waiting ahead of for the same person, best priority first
+    """Due rows that nothing is waiting ahead of for the same person (a row in flight, or
+    an open better or older one that is due or waits to be tried again), best priority first
     (parameters `now`, `limit` and, when `better`, `better_than`). Built once, when a sender
     is made: building it costs more than running it."""
     o = OutboxMessage
@@ -776,6 +777,9 @@ def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
                 and_(p.status == OutboxStatus.SENDING, p.claimed_until >= now),
                 and_(
                     p.status.in_(_OPEN),
+                    # A row held for later (her quiet hours) and never tried does not hold
+                    # up what is due now; one waiting to be tried again does (order).
+                    or_(p.not_before <= now, p.attempts > 0),
                     or_(
                         p.priority < o.priority,
                         and_(p.priority == o.priority, p.id < o.id),

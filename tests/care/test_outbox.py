@@ -235,6 +235,45 @@ async def test_a_passing_fault_is_retried_with_backoff_and_sent_once(
     assert time.monotonic() - started >= 0.05 * 0.5 + 0.1 * 0.5
 
 
+async def test_a_message_held_for_later_does_not_hold_up_what_is_due_now(
+    care_ctx: Care, people: People
+) -> None:
+    """Her worker's message waits for the end of her quiet hours; when she writes meanwhile,
+    the replies to her go at once (the held one never was tried, so nothing is out of
+    order)."""
+    fast_limits(care_ctx)
+    her = ("client", people.client_ids[0])
+    held = put(care_ctx, her, "morgen", not_before=datetime.now(UTC) + timedelta(hours=8))
+    reply = put(care_ctx, her, "nu")
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    try:
+        await channel.wait_for(1)
+    finally:
+        await sender.stop()
+    assert channel.delivered_ids() == [reply]
+    assert row(care_ctx, held).status is OutboxStatus.PENDING
+
+
+async def test_a_message_waiting_to_be_tried_again_keeps_hers_behind_it_in_order(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx)
+    her = ("client", people.client_ids[0])
+    first = put(care_ctx, her, "eerst")
+    with care_ctx.sessions.begin() as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == first)
+            .values(attempts=1, not_before=datetime.now(UTC) + timedelta(seconds=0.6))
+        )
+    second = put(care_ctx, her, "daarna")
+    channel = FakeChannel()
+    await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
+    assert channel.delivered_ids() == [first, second]
+
+
 async def test_the_error_code_is_kept_never_the_text(care_ctx: Care, people: People) -> None:
     fast_limits(care_ctx)
     row_id = put(care_ctx, ("client", people.client_ids[0]), "hoi")
