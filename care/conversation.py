@@ -1085,13 +1085,11 @@ class ConversationService:
 
     def _fire_timeout(self, client_id: int, now: datetime) -> bool:
         def work(session: Session) -> bool:
-            client = _lock_her(session, _HER_BY_ID, {"client_id": client_id})
-            connection = session.connection()
-            still = {"her_id": client_id, "now": now}
-            if client is None or connection.execute(_STILL_TIMED_OUT, still).first() is None:
-                return False  # she answered meanwhile, or another process went on already
+            client = _still_timed_out(session, client_id, now)
+            if client is None:
+                return False
             if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
-                connection.execute(_NO_TIMEOUT, {"her_id": client_id})
+                session.execute(_NO_TIMEOUT, {"her_id": client_id})
                 return False  # stop means stop; nothing goes on for her
             state = self._load(session, client)
             context = self.context(session, client, state.fields, now)
@@ -1131,10 +1129,9 @@ class ConversationService:
         True when her worker was alerted."""
 
         def work(session: Session) -> bool:
-            client = session.get(Client, client_id, with_for_update=True)
-            still = {"her_id": client_id, "now": now}
-            if client is None or session.execute(_STILL_TIMED_OUT, still).first() is None:
-                return False  # it went through meanwhile (another process, or she answered)
+            client = _still_timed_out(session, client_id, now)
+            if client is None:
+                return False
             session.execute(_NO_TIMEOUT, {"her_id": client_id})
             if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
                 return False
@@ -1474,6 +1471,16 @@ def _lock_her(session: Session, statement: Select[Any], params: dict[str, Any]) 
     session.info[_READ_AHEAD] = (client.id, row_id, state_enc)
     session.info[_DURESS_AHEAD] = (client.id, client.org_id, duress_index)
     return cast(Client, client)
+
+
+def _still_timed_out(session: Session, client_id: int, now: datetime) -> Client | None:
+    """Her row, locked, while her question still waits past its time; None when she answered
+    meanwhile or another process went on already."""
+    client = _lock_her(session, _HER_BY_ID, {"client_id": client_id})
+    still = {"her_id": client_id, "now": now}
+    if client is None or session.execute(_STILL_TIMED_OUT, still).first() is None:
+        return None
+    return client
 
 
 def _button_rows(choices: Sequence[dialogues.Choice]) -> list[list[list[str]]]:
