@@ -938,14 +938,10 @@ class WorkerDesk:
         """Her worker's held message goes now after all: only a relay still waiting for a
         girl of the worker's own organisation (a forged or foreign id changes nothing)."""
         row = session.get(OutboxMessage, row_id, with_for_update=True)
-        client = session.get(Client, row.recipient_id) if row is not None else None
-        if (
-            row is None
-            or client is None
-            or row.kind != "relay"
-            or row.recipient_kind is not RecipientKind.CLIENT
-            or client.org_id != worker.org_id
-        ):
+        client = None
+        if row is not None and row.kind == "relay" and row.recipient_kind is RecipientKind.CLIENT:
+            client = session.get(Client, row.recipient_id)
+        if row is None or client is None or client.org_id != worker.org_id:
             audit.record(session, f"worker:{worker.id}", "worker.button_refused", detail="relay")
             self._say(session, worker, _t("button_unknown", worker.language))
             return
