@@ -14,8 +14,12 @@ the ratio against it is the cost of our own work alone.
 The fake Bot API and the girls run in this process; each bot runs in a child process of its
 own, as it would against the real Telegram, so that the bot's figures (and its peak RSS) are
 its own and not the load generator's. "CPU ms/turn" is the bot process's CPU time while it
-served, per turn; when the girls ask for more turns than that allows, turns/s is the bot's
-capacity and the latency is mostly queueing.
+served, per turn, and "busy" the share of one core it used meanwhile: its Python runs one
+thread at a time, so as "busy" nears 100% the turns queue and the latency grows far faster
+than the CPU per turn (the figures then follow the VM's speed more than the code's); when
+the girls ask for more turns than the bot can serve, turns/s is its capacity and the
+latency is mostly queueing. "fake busy" is the same share for this process (the fake and the
+girls): near 100%, the fake's own queue would be in every row's figures.
 
     .venv/bin/python bench/turn_latency.py                      # 50 girls x 12 turns (~2 min)
     .venv/bin/python bench/turn_latency.py --clients 200 --turns 20   # the issue's run (~7 min)
@@ -141,6 +145,7 @@ async def until_stopped() -> None:
 
 _cpu_at_ready = 0.0
 _sys_at_ready = 0.0
+_switches_at_ready = 0
 
 
 def _cpu_seconds() -> float:
@@ -150,6 +155,12 @@ def _cpu_seconds() -> float:
 
 def _sys_seconds() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def _switches() -> int:
+    """Context switches of this process so far (its threads waiting, and being made to)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 _gc_pauses: list[float] = []
@@ -170,9 +181,10 @@ def _time_full_collections(phase: str, info: dict[str, int]) -> None:
 def ready() -> None:
     """Tell the parent the bot is serving (its CPU time and its full collections count from
     here)."""
-    global _cpu_at_ready, _sys_at_ready
+    global _cpu_at_ready, _sys_at_ready, _switches_at_ready
     _cpu_at_ready = _cpu_seconds()
     _sys_at_ready = _sys_seconds()
+    _switches_at_ready = _switches()
     gc.callbacks.append(_time_full_collections)
     print("ready", flush=True)
 
@@ -184,6 +196,7 @@ def own_figures() -> dict[str, float]:
         "rss_mb": rss,
         "cpu_s": _cpu_seconds() - _cpu_at_ready,
         "sys_s": _sys_seconds() - _sys_at_ready,
+        "switches": _switches() - _switches_at_ready,
         "gc_full": len(_gc_pauses),
         "gc_longest_ms": max(_gc_pauses, default=0.0) * 1e3,
     }
@@ -349,9 +362,11 @@ def scenario(kind: str, backend: str, clients: int, turns: int, think: float) ->
             if line != "ready":
                 _, err = bot.communicate(timeout=60)
                 return {"error": err.strip().splitlines()[-1] if err.strip() else "no start"}
+            began = _cpu_seconds()
             figures = asyncio.run(
                 drive(fake, clients, turns, echo=kind.startswith("echo"), think=think)
             )
+            figures["load_busy"] = (_cpu_seconds() - began) / max(figures["seconds"], 1e-9)
             methods: dict[str, int] = {}
             for call in fake.calls():
                 methods[call.method] = methods.get(call.method, 0) + 1
@@ -417,7 +432,7 @@ def main() -> None:
         rows.append((f"aftercare ({backend})", figures))
     print(
         f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}"
-        f" {'CPU ms/turn':>11} {'of it sys':>10}"
+        f" {'CPU ms/turn':>11} {'of it sys':>10} {'busy':>5} {'fake busy':>9}"
     )
     for name, figures in rows:
         if "error" in figures:
@@ -428,6 +443,7 @@ def main() -> None:
             f" {figures['turns_per_s']:>8.1f} {figures['rss_mb']:>7.0f}"
             f" {figures['cpu_s'] * 1e3 / max(figures['turns'], 1):>11.1f}"
             f" {figures['sys_s'] * 1e3 / max(figures['turns'], 1):>10.1f}"
+            f" {busy(figures):>5.0%} {figures['load_busy']:>9.0%}"
         )
     for name, figures in rows:
         if "calls" in figures:
@@ -436,6 +452,12 @@ def main() -> None:
                 for method, count in sorted(figures["calls"].items(), key=lambda kv: -kv[1])
             )
             print(f"{name}: Bot API calls per turn: {per_turn}")
+    for name, figures in rows:
+        if "switches" in figures:
+            print(
+                f"{name}: {figures['switches'] / max(figures['turns'], 1):.0f} context switches"
+                " per turn"
+            )
     for name, figures in rows:
         if "gc_full" in figures:
             print(
@@ -458,6 +480,13 @@ def main() -> None:
                     f"{name}: p50 {figures['p50_ms'] / echo_ours['p50_ms']:.1f}x the echo bot's"
                     " on the same transport (aiohttp)"
                 )
+
+
+def busy(figures: dict[str, Any]) -> float:
+    """The share of one core the bot's process used while it served (CPU seconds over the
+    seconds it served): its Python runs one thread at a time, so as this nears 100% the
+    turns queue, and the latency grows far faster than the CPU per turn."""
+    return float(figures["cpu_s"] / max(figures["seconds"], 1e-9))
 
 
 if __name__ == "__main__":
