@@ -366,7 +366,7 @@ def scenario(kind: str, backend: str, clients: int, turns: int, think: float) ->
             figures = asyncio.run(
                 drive(fake, clients, turns, echo=kind.startswith("echo"), think=think)
             )
-            figures["load_busy"] = (_cpu_seconds() - began) / max(figures["seconds"], 1e-9)
+            figures["load_cpu_s"] = _cpu_seconds() - began
             methods: dict[str, int] = {}
             for call in fake.calls():
                 methods[call.method] = methods.get(call.method, 0) + 1
@@ -443,7 +443,7 @@ def main() -> None:
             f" {figures['turns_per_s']:>8.1f} {figures['rss_mb']:>7.0f}"
             f" {figures['cpu_s'] * 1e3 / max(figures['turns'], 1):>11.1f}"
             f" {figures['sys_s'] * 1e3 / max(figures['turns'], 1):>10.1f}"
-            f" {busy(figures):>5.0%} {figures['load_busy']:>9.0%}"
+            f" {busy(figures, 'cpu_s'):>5.0%} {busy(figures, 'load_cpu_s'):>9.0%}"
         )
     for name, figures in rows:
         if "calls" in figures:
@@ -482,11 +482,10 @@ def main() -> None:
                 )
 
 
-def busy(figures: dict[str, Any]) -> float:
-    """The share of one core the bot's process used while it served (CPU seconds over the
-    seconds it served): its Python runs one thread at a time, so as this nears 100% the
-    turns queue, and the latency grows far faster than the CPU per turn."""
-    return float(figures["cpu_s"] / max(figures["seconds"], 1e-9))
+def busy(figures: dict[str, Any], cpu: str) -> float:
+    """The share of one core a process used while the girls chatted: its CPU seconds
+    (`figures[cpu]`: the bot's, or this process's) over the seconds they chatted."""
+    return float(figures[cpu] / max(figures["seconds"], 1e-9))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ busy ~75% of the time (2026-12-06, 200 girls x 20 turns on PostgreSQL, 0.1, 1 an
 turns, three runs each) 0.1 ms cost CPU: 138-177 context switches a turn instead of 88-116
 and 9.7-11.6 ms of CPU a turn instead of 8.7-10.2, with p50 and p99 no better (they moved
 by 3x between runs). Kept, for the bot that is not saturated (production's load is a few
-turns a second), where it shortens the turn. Her turns run on the event loop instead
+turns a second), where it shortens the turn. Running her turns on the event loop instead
 (SQLAlchemy's asyncio extension on psycopg's async connection, the same code under
 `AsyncSession.run_sync`) cut the context switches to 47 a turn, but not the CPU per turn
 (10.4-10.6 ms against 10.0-10.9), and p99 got worse (746-858 ms against 141-367): not taken."""
