@@ -312,6 +312,10 @@ class _Duplicate(Exception):
     """This update was processed before."""
 
 
+class _Nobody(Exception):
+    """Nobody is linked to this chat (the first look's transaction is rolled back)."""
+
+
 def _where(exc: BaseException) -> str:
     """Where an exception was raised (module:line), for logs that must not hold its text."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -404,6 +408,16 @@ _CHECKIN_FIRST_ANSWER = (
 )
 """A mood: a check-in that has one already is done, a second mood begins a new one."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
+_HER_BY_CHAT_MARKING = _HER_BY_CHAT.add_cte(
+    _PROCESSED.values(update_id=bindparam("update_id"), processed_at=bindparam("processed_at")).cte(
+        "marked"
+    )
+)
+"""PostgreSQL: `_HER_BY_CHAT` that records the update id as well (`_mark_processed`), in the
+same statement: one round trip less a turn (under load each round trip also waits for the
+GIL again). SQLite has no INSERT inside a WITH."""
+_MARKED = "conversation.update_marked"
+"""`session.info` key: the update id the turn's first statement recorded."""
 
 
 class ConversationService:
@@ -426,6 +440,7 @@ class ConversationService:
         self.desk = desk or WorkerDesk(care)
         self._wake = wake
         self._handoff: outbox.Handoff | None = None
+        self._mark_with_lock = care.engine.dialect.name == "postgresql"
 
     @property
     def settings(self) -> Settings:
@@ -522,9 +537,9 @@ class ConversationService:
         """`_who` and `_turn` in one transaction; None for a chat nobody is linked to (then
         nothing was written)."""
 
-        def work(session: Session) -> _Who | None:
+        def work(session: Session) -> _Who:
             index = directory.chat_index(self.care.keyring, inbound.chat_id)
-            her = _lock_her(session, _HER_BY_CHAT, {"index": index})
+            her = self._lock_first(session, inbound, index)
             if her is None:
                 linked = directory.find_by_chat(
                     session, self.care.keyring, inbound.chat_id, lock=True
@@ -534,15 +549,31 @@ class ConversationService:
                     return "worker"
                 her = linked.client
             if her is None:
-                return None
+                raise _Nobody()  # and what the first statement recorded is rolled back
             understanding = None
             if inbound.kind == "text":
                 understanding = self.nlu.understand_now(inbound.text, her.language)
             self._turn_in(session, inbound, "client", her.id, understanding, her)
             return "client"
 
-        kind, left = self._transact(work)
-        return None if kind is None else (kind, left)
+        try:
+            return self._transact(work)
+        except _Nobody:
+            return None
+
+    def _lock_first(self, session: Session, inbound: Inbound, index: str) -> Client | None:
+        """The first statement of her turn: her row, locked (`_lock_her`); on PostgreSQL it
+        records the update id too (`_HER_BY_CHAT_MARKING`), `_Duplicate` when it was recorded
+        before."""
+        if inbound.update_id is None or not self._mark_with_lock:
+            return _lock_her(session, _HER_BY_CHAT, {"index": index})
+        params = {"index": index, "update_id": inbound.update_id, "processed_at": self.clock.now()}
+        try:
+            her = _lock_her(session, _HER_BY_CHAT_MARKING, params)
+        except IntegrityError:
+            raise _Duplicate() from None
+        session.info[_MARKED] = inbound.update_id
+        return her
 
     def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
         """Read-only first look: who, their id and language (her duress word is checked in
@@ -561,7 +592,7 @@ class ConversationService:
     ) -> None:
         """Record the update id; `_Duplicate` when another turn recorded it first. Without a
         savepoint the caller's transaction is lost on a duplicate (it is rolled back anyway)."""
-        if inbound.update_id is None:
+        if inbound.update_id is None or session.info.get(_MARKED) == inbound.update_id:
             return
         row = {"update_id": inbound.update_id, "processed_at": self.clock.now()}
         try:
