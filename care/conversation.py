@@ -36,11 +36,13 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -416,8 +418,25 @@ _HER_BY_CHAT_MARKING = _HER_BY_CHAT.add_cte(
 """PostgreSQL: `_HER_BY_CHAT` that records the update id as well (`_mark_processed`), in the
 same statement: one round trip less a turn (under load each round trip also waits for the
 GIL again). SQLite has no INSERT inside a WITH."""
+_HER_MESSAGE = (
+    postgresql.insert(cast(Table, ChatMessage.__table__))
+    .from_select(
+        ["client_id", "message_id", "from_bot", "at"],
+        select(
+            Client.id,
+            bindparam("message_id", type_=ChatMessage.message_id.type),
+            false(),
+            bindparam("processed_at", type_=ChatMessage.at.type),
+        ).where(Client.chat_index == bindparam("index")),
+    )
+    .on_conflict_do_nothing()
+)
+_HER_BY_CHAT_MARKING_MESSAGE = _HER_BY_CHAT_MARKING.add_cte(_HER_MESSAGE.cte("remembered"))
+"""`_HER_BY_CHAT_MARKING` that records her message's id as well (`_remember`)."""
 _MARKED = "conversation.update_marked"
 """`session.info` key: the update id the turn's first statement recorded."""
+_REMEMBERED = "conversation.message_remembered"
+"""`session.info` key: (her id, message id) the turn's first statement recorded."""
 
 
 class ConversationService:
@@ -563,16 +582,26 @@ class ConversationService:
 
     def _lock_first(self, session: Session, inbound: Inbound, index: str) -> Client | None:
         """The first statement of her turn: her row, locked (`_lock_her`); on PostgreSQL it
-        records the update id too (`_HER_BY_CHAT_MARKING`), `_Duplicate` when it was recorded
-        before."""
+        records the update id and her message's id too (`_HER_BY_CHAT_MARKING_MESSAGE`),
+        `_Duplicate` when the update was recorded before."""
         if inbound.update_id is None or not self._mark_with_lock:
             return _lock_her(session, _HER_BY_CHAT, {"index": index})
-        params = {"index": index, "update_id": inbound.update_id, "processed_at": self.clock.now()}
+        params: dict[str, Any] = {
+            "index": index,
+            "update_id": inbound.update_id,
+            "processed_at": self.clock.now(),
+        }
+        statement = _HER_BY_CHAT_MARKING
+        if inbound.message_id is not None:
+            statement = _HER_BY_CHAT_MARKING_MESSAGE
+            params["message_id"] = inbound.message_id
         try:
-            her = _lock_her(session, _HER_BY_CHAT_MARKING, params)
+            her = _lock_her(session, statement, params)
         except IntegrityError:
             raise _Duplicate() from None
         session.info[_MARKED] = inbound.update_id
+        if her is not None and inbound.message_id is not None:
+            session.info[_REMEMBERED] = (her.id, inbound.message_id)
         return her
 
     def _who(self, inbound: Inbound) -> tuple[_Who, int, str]:
@@ -1438,7 +1467,7 @@ class ConversationService:
         self, session: Session, client: Client, message_id: int | None, now: datetime
     ) -> None:
         """Record her message id, so that wipe and auto-delete can remove it later."""
-        if message_id is None:
+        if message_id is None or session.info.get(_REMEMBERED) == (client.id, message_id):
             return
         insert_new(
             session, ChatMessage, client_id=client.id, message_id=message_id, from_bot=False, at=now
