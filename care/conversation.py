@@ -411,9 +411,7 @@ _CHECKIN_FIRST_ANSWER = (
 """A mood: a check-in that has one already is done, a second mood begins a new one."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
 _HER_BY_CHAT_MARKING = _HER_BY_CHAT.add_cte(
-    _PROCESSED.values(update_id=bindparam("update_id"), processed_at=bindparam("processed_at")).cte(
-        "marked"
-    )
+    _PROCESSED.values(update_id=bindparam("update_id"), processed_at=bindparam("now")).cte("marked")
 )
 """PostgreSQL: `_HER_BY_CHAT` that records the update id as well (`_mark_processed`), in the
 same statement: one round trip less a turn (under load each round trip also waits for the
@@ -426,7 +424,7 @@ _HER_MESSAGE = (
             Client.id,
             bindparam("message_id", type_=ChatMessage.message_id.type),
             false(),
-            bindparam("processed_at", type_=ChatMessage.at.type),
+            bindparam("now", type_=ChatMessage.at.type),
         ).where(Client.chat_index == bindparam("index")),
     )
     .on_conflict_do_nothing()
@@ -589,7 +587,7 @@ class ConversationService:
         params: dict[str, Any] = {
             "index": index,
             "update_id": inbound.update_id,
-            "processed_at": self.clock.now(),
+            "now": self.clock.now(),
         }
         statement = _HER_BY_CHAT_MARKING
         if inbound.message_id is not None:
