@@ -36,7 +36,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Connection,
     Exists,
     Integer,
     Select,
@@ -44,11 +46,14 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     insert,
     or_,
     select,
+    true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
 from care.clock import Clock, SystemClock
@@ -549,6 +554,9 @@ class _Together:
 
     run: Callable[[Session, list[Any]], list[Any]]
     arg: Any
+    alone: Callable[[Connection, list[Any]], list[Any]] | None = None
+    """The same work as one autocommitted statement, for a batch of nothing else: one round
+    trip instead of BEGIN, the statements and COMMIT (on PostgreSQL; see `_GroupCommit`)."""
 
 
 _Job = Callable[[Session], Any] | _Together
@@ -567,23 +575,38 @@ class _GroupCommit:
     with synchronous=FULL every commit is an fsync, and writers queue for one lock). Jobs of
     one kind (`together`) also share their statements: a batch of sent marks is one UPDATE
     and one INSERT, whatever its size, where each mark would be a round trip or two of its
-    own (on PostgreSQL, each of them also waits for the GIL again). Each caller is answered
-    when its job is durable. When a batch fails, its jobs are run again one by one, each in
-    its own transaction, so that one bad row cannot hold up the others.
+    own (on PostgreSQL, each of them also waits for the GIL again). A batch made only of jobs
+    of one kind that can be done by one statement (`alone`) is that statement, autocommitted,
+    where `autocommit` connections are given (PostgreSQL): one round trip for the batch. Each
+    caller is answered when its job is durable. When a batch fails, its jobs are run again one
+    by one, each in its own transaction, so that one bad row cannot hold up the others.
     """
 
-    def __init__(self, sessions: Callable[[], Session], max_batch: int) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        max_batch: int,
+        autocommit: Callable[[], Connection] | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._autocommit = autocommit
         self._max_batch = max(1, max_batch)
         self._pending: list[tuple[_Job, asyncio.Future[Any]]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-commit")
         self._drainer: asyncio.Task[None] | None = None
         self.commits = 0
 
-    async def together(self, run: Callable[[Session, list[_A]], list[_T]], arg: _A) -> _T:
+    async def together(
+        self,
+        run: Callable[[Session, list[_A]], list[_T]],
+        arg: _A,
+        alone: Callable[[Connection, list[_A]], list[_T]] | None = None,
+    ) -> _T:
         """Run `run(session, [arg, ...])` once for this and every other `arg` given with the
-        same `run` in the same batch; return this one's answer once committed."""
-        return cast(_T, await self._submit(_Together(run, arg)))
+        same `run` in the same batch; return this one's answer once committed. `alone`, if
+        given, does the same as `run` in one statement: it runs instead, autocommitted, when
+        the batch holds nothing else."""
+        return cast(_T, await self._submit(_Together(run, arg, alone)))
 
     async def run(self, job: Callable[[Session], _T]) -> _T:
         """Run `job(session)` in a transaction; return its result once committed."""
@@ -625,7 +648,11 @@ class _GroupCommit:
                     future.set_exception(value)
 
     def _commit(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
-        """Thread side: all jobs in one transaction, or one by one when that fails."""
+        """Thread side: all jobs in one statement (`_alone`) or one transaction, or one by one
+        when that fails."""
+        alone = self._alone(jobs)
+        if alone is not None:
+            return alone
         if len(jobs) > 1:
             try:
                 with self._sessions() as session, session.begin():
@@ -643,6 +670,23 @@ class _GroupCommit:
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes
+
+    def _alone(self, jobs: list[_Job]) -> list[tuple[bool, Any]] | None:
+        """The batch as its kind's one autocommitted statement, if it can be one; None when it
+        cannot, or when that statement failed (the caller then runs it as it would have)."""
+        first = jobs[0]
+        if self._autocommit is None or not isinstance(first, _Together) or first.alone is None:
+            return None
+        if not all(isinstance(job, _Together) and job.run == first.run for job in jobs):
+            return None
+        try:
+            with self._autocommit() as connection:
+                results = first.alone(connection, [cast(_Together, job).arg for job in jobs])
+        except Exception as exc:
+            _log.warning("outbox.batch_failed size=%d error=%s", len(jobs), type(exc).__name__)
+            return None
+        self.commits += 1
+        return [(True, result) for result in results]
 
 
 def _run_jobs(session: Session, jobs: list[_Job]) -> list[Any]:
@@ -750,6 +794,53 @@ _NOT_MARKED_BY = select(_OUTBOX.c.id).where(
     ),
 )
 """Of these rows, those this sender did not mark sent (another took them over)."""
+_SENT = (
+    func.unnest(
+        bindparam("row_ids", type_=postgresql.ARRAY(Integer)),
+        bindparam("firsts", type_=postgresql.ARRAY(BigInteger)),
+    )
+    .table_valued("row_id", "first")
+    .render_derived(name="sent")
+)
+_SHOWN = (
+    func.unnest(
+        bindparam("client_ids", type_=postgresql.ARRAY(Integer)),
+        bindparam("message_ids", type_=postgresql.ARRAY(BigInteger)),
+    )
+    .table_valued("client_id", "message_id")
+    .render_derived(name="shown")
+)
+_MARKED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == _SENT.c.row_id, _CLAIMED_BY_ME)
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=bindparam("now"),
+        last_error=None,
+        claimed_until=None,
+        channel_message_id=_SENT.c.first,
+    )
+    .returning(_OUTBOX.c.id)
+    .cte("marked")
+)
+_SHOWN_RECORDED = (
+    postgresql.insert(cast(Table, ChatMessage.__table__))
+    .from_select(
+        ["client_id", "message_id", "from_bot", "at"],
+        select(
+            _SHOWN.c.client_id,
+            _SHOWN.c.message_id,
+            true(),
+            bindparam("now", type_=ChatMessage.at.type),
+        ),
+    )
+    .on_conflict_do_nothing()
+    .cte("recorded")
+)
+_MARK_SENT_RECORDING = select(_MARKED.c.id).add_cte(_SHOWN_RECORDED)
+"""PostgreSQL: `_MARK_SENT` for many rows (parameters `row_ids` and `firsts`, in order, and
+`sender` and `now`) and the message ids they created in her chats recorded (`client_ids` and
+`message_ids`), in one statement; answers the ids of the rows it marked."""
 
 
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
@@ -872,7 +963,14 @@ class OutboxSender:
             return
         self._loop = asyncio.get_running_loop()
         self._claim_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-claim")
-        self._commits = _GroupCommit(self.care.sessions, self.options.commit_batch)
+        engine = self.care.engine
+        self._commits = _GroupCommit(
+            self.care.sessions,
+            self.options.commit_batch,
+            (lambda: engine.connect().execution_options(isolation_level="AUTOCOMMIT"))
+            if self._postgres
+            else None,
+        )
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="outbox-sender")
         _log.info("outbox.sender_started sender=%s", self.name)
@@ -1263,7 +1361,8 @@ class OutboxSender:
             code = "transient" if isinstance(exc, ChannelError) else type(exc).__name__[:40]
             await commits.run(lambda s: self._retry(s, item, code, None, True))
         else:
-            await commits.together(self._mark_sent, (item, delivered))
+            alone = self._mark_sent_alone if self._postgres else None
+            await commits.together(self._mark_sent, (item, delivered), alone)
             self.sent_count += 1
 
     # ------------------------------------------------------------------ database work (thread)
@@ -1481,6 +1580,32 @@ class OutboxSender:
             for message_id in delivered.message_ids
         ]
         insert_new_rows(session, ChatMessage, messages)
+        return [None] * len(sent)
+
+    def _mark_sent_alone(
+        self, connection: Connection, sent: list[tuple[_Item, Delivered]]
+    ) -> list[None]:
+        """`_mark_sent` as one statement (PostgreSQL, autocommitted: one round trip)."""
+        shown = [
+            (item.recipient[1], message_id)
+            for item, delivered in sent
+            if item.recipient[0] == RecipientKind.CLIENT.value and item.outgoing.kind != "delete"
+            for message_id in delivered.message_ids
+        ]
+        row_ids = [item.row_id for item, _ in sent]
+        marked = connection.execute(
+            _MARK_SENT_RECORDING,
+            {
+                "row_ids": row_ids,
+                "firsts": [d.message_ids[0] if d.message_ids else None for _, d in sent],
+                "sender": self.name,
+                "now": self.clock.now(),
+                "client_ids": [client_id for client_id, _ in shown],
+                "message_ids": [message_id for _, message_id in shown],
+            },
+        ).scalars()
+        for row_id in sorted(set(row_ids).difference(marked)):
+            _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
         return [None] * len(sent)
 
     def _mark_unconfirmed(self, session: Session, row_id: int) -> None:

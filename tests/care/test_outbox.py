@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import Connection, event, select, update
 from sqlalchemy.orm import Session
 
 from care.clock import FakeClock
@@ -636,6 +636,97 @@ async def test_jobs_of_one_kind_run_together_and_each_gets_its_own_answer(
     assert isinstance(outcomes[1], ValueError)
     assert [row(care_ctx, r).last_error for r in rows] == ["done", None, "done"]
     assert row(care_ctx, rows[2]).kind == "plain"
+
+
+async def test_a_batch_of_one_kind_alone_is_its_one_autocommitted_statement(
+    care_ctx: Care, people: People
+) -> None:
+    """`alone`: a batch made only of one kind's jobs is that kind's single statement, run
+    outside a transaction; with another job beside it, or when it fails, the kind's `run`
+    does the work in a transaction as before."""
+    rows = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:3]]
+    ran: list[tuple[str, list[int]]] = []
+
+    def mark_all(session: Session, row_ids: list[int]) -> list[str]:
+        ran.append(("in a transaction", row_ids))
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(row_ids)).values(last_error="tx")
+        )
+        return ["tx"] * len(row_ids)
+
+    def mark_alone(connection: Connection, row_ids: list[int]) -> list[str]:
+        ran.append(("alone", row_ids))
+        if rows[1] in row_ids:
+            raise ValueError("this statement fails")
+        connection.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(row_ids)).values(last_error="alone")
+        )
+        return ["alone"] * len(row_ids)
+
+    def autocommit() -> Connection:
+        return care_ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def plain(session: Session) -> str:
+        return "plain"
+
+    writer = _GroupCommit(care_ctx.sessions, max_batch=10, autocommit=autocommit)
+    both = await asyncio.gather(*(writer.together(mark_all, r, mark_alone) for r in rows[::2]))
+    assert both == ["alone", "alone"]
+    assert ran == [("alone", rows[::2])]
+    assert [row(care_ctx, r).last_error for r in rows] == ["alone", None, "alone"]
+    ran.clear()
+    mixed = await asyncio.gather(writer.together(mark_all, rows[0], mark_alone), writer.run(plain))
+    assert mixed == ["tx", "plain"]
+    assert ran == [("in a transaction", [rows[0]])]
+    ran.clear()
+    failed = await writer.together(mark_all, rows[1], mark_alone)
+    await writer.close()
+    assert failed == "tx"
+    assert ran == [("alone", [rows[1]]), ("in a transaction", [rows[1]])]
+    assert row(care_ctx, rows[1]).last_error == "tx"
+    assert writer.commits == 3
+
+
+async def test_a_row_taken_over_while_on_its_way_is_left_to_its_new_sender(
+    care_ctx: Care, people: People, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its claim ran out while the message was on its way and another sender claimed it: the
+    mark of the send changes nothing of that row and says so in the log (ids only); the
+    message it made in her chat is recorded all the same, so that wipe can remove it. The
+    other rows marked in the same batch are sent."""
+    fast_limits(care_ctx)
+    she, other = people.client_ids[:2]
+    taken = put(care_ctx, ("client", she), "een")
+    kept = put(care_ctx, ("client", other), "twee")
+
+    def take_over(message: Outgoing) -> None:
+        if message.outbox_id == taken:
+            with care_ctx.sessions() as session, session.begin():
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == taken)
+                    .values(claimed_by="another-sender")
+                )
+
+    channel = FakeChannel(hook=take_over)
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    await sender.start()
+    await channel.wait_for(2)
+    assert await sender.idle(5)
+    await sender.stop(flush=False)
+    assert sorted(channel.delivered_ids()) == [taken, kept]
+    left = row(care_ctx, taken)
+    assert (left.status, left.claimed_by) == (OutboxStatus.SENDING, "another-sender")
+    assert left.sent_at is None
+    assert row(care_ctx, kept).status is OutboxStatus.SENT
+    assert row(care_ctx, kept).channel_message_id is not None
+    with care_ctx.sessions() as session:
+        recorded = session.execute(
+            select(ChatMessage.client_id, ChatMessage.from_bot).order_by(ChatMessage.client_id)
+        ).all()
+    assert recorded == [(she, True), (other, True)]
+    lost = [r.getMessage() for r in caplog.records if "claim_lost_after_send" in r.getMessage()]
+    assert lost == [f"outbox.claim_lost_after_send outbox_id={taken}"]
 
 
 async def test_a_burst_of_deliveries_is_marked_in_a_few_statements(care_ctx: Care) -> None:
