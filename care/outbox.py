@@ -1283,7 +1283,8 @@ class OutboxSender:
             if item.marked:  # marked by the turn that wrote it
                 marked = True
             else:
-                marked = await self._commits.together(self._mark_in_flight, item.row_id)
+                alone = self._mark_in_flight_on if self._postgres else None
+                marked = await self._commits.together(self._mark_in_flight, item.row_id, alone)
                 self._arm_latencies.append((time.monotonic(), time.monotonic() - began))
             if not marked:
                 _log.warning("outbox.claim_lost sender=%s outbox_id=%d", self.name, item.row_id)
@@ -1526,9 +1527,13 @@ class OutboxSender:
 
     def _mark_in_flight(self, session: Session, row_ids: list[int]) -> list[bool]:
         """Mark claimed rows in flight, in one statement; for each, whether its claim held."""
+        return self._mark_in_flight_on(session.connection(), row_ids)
+
+    def _mark_in_flight_on(self, connection: Connection, row_ids: list[int]) -> list[bool]:
+        """`_mark_in_flight` on a connection (alone, autocommitted, on PostgreSQL)."""
         until = self.clock.now() + timedelta(seconds=self.options.claim_seconds)
         params = {"row_ids": row_ids, "sender": self.name, "until": until}
-        marked = set(session.connection().execute(_MARK_ALL_IN_FLIGHT, params).scalars())
+        marked = set(connection.execute(_MARK_ALL_IN_FLIGHT, params).scalars())
         return [row_id in marked for row_id in row_ids]
 
     def _disarm(self, session: Session, row_ids: list[int]) -> None:

@@ -520,15 +520,22 @@ async def test_the_in_flight_mark_is_committed_before_the_channel_sees_a_message
 
 @pytest.fixture
 def commits(care_ctx: Care) -> Iterator[list[str]]:
-    """The names of the threads that committed a transaction, one entry per commit."""
+    """The names of the threads that committed a transaction, one entry per commit (an
+    autocommitted statement is a commit of its own)."""
     names: list[str] = []
 
     def count(_connection: object) -> None:
         names.append(threading.current_thread().name)
 
+    def count_autocommitted(connection: Connection, *_: object) -> None:
+        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            names.append(threading.current_thread().name)
+
     event.listen(care_ctx.engine, "commit", count)
+    event.listen(care_ctx.engine, "after_cursor_execute", count_autocommitted)
     yield names
     event.remove(care_ctx.engine, "commit", count)
+    event.remove(care_ctx.engine, "after_cursor_execute", count_autocommitted)
 
 
 async def test_the_marks_of_many_deliveries_share_commits(
