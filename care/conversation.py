@@ -30,12 +30,16 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    BindParameter,
+    Insert,
     Integer,
     Select,
     Table,
+    Update,
     and_,
     bindparam,
     delete,
+    exists,
     false,
     insert,
     or_,
@@ -409,6 +413,39 @@ _CHECKIN_FIRST_ANSWER = (
     .returning(_CHECKINS.c.id)
 )
 """A mood: a check-in that has one already is done, a second mood begins a new one."""
+
+
+def _answer_or_begin(answer: Update, column: str | None) -> Insert:
+    """PostgreSQL: `answer` in a WITH, and the INSERT of a new check-in when it changed
+    nothing (`_answer_checkin`): one statement, one round trip less on the turn that begins
+    a check-in. Her row is locked for the turn, so nothing else answers hers meanwhile."""
+    values: dict[str, BindParameter[Any]] = {
+        "status": bindparam("status", type_=_CHECKINS.c.status.type),
+        "answered_at": bindparam("answered_at", type_=_CHECKINS.c.answered_at.type),
+    }
+    if column is not None:
+        values[column] = bindparam(column, type_=_CHECKINS.c[column].type)
+    answered = answer.values(values).cte("answered")
+    now = values["answered_at"]
+    begun = select(
+        bindparam("her_id", type_=Integer),
+        now.label("due_at"),
+        now.label("sent_at"),
+        *(value.label(name) for name, value in values.items()),
+    ).where(~exists(select(answered.c.id)))
+    return (
+        insert(_CHECKINS)
+        .from_select(["client_id", "due_at", "sent_at", *values], begun)
+        .add_cte(answered)
+    )
+
+
+_CHECKIN_ANSWER_OR_NEW = {
+    "mood": _answer_or_begin(_CHECKIN_FIRST_ANSWER, "mood"),
+    "safe": _answer_or_begin(_CHECKIN_ANSWER, "feels_safe"),
+    "checkin": _answer_or_begin(_CHECKIN_ANSWER, None),
+}
+"""`_answer_or_begin` for each field that answers a check-in."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
 _HER_BY_CHAT_MARKING = _HER_BY_CHAT.add_cte(
     _PROCESSED.values(update_id=bindparam("update_id"), processed_at=bindparam("now")).cte("marked")
@@ -457,7 +494,9 @@ class ConversationService:
         self.desk = desk or WorkerDesk(care)
         self._wake = wake
         self._handoff: outbox.Handoff | None = None
-        self._mark_with_lock = care.engine.dialect.name == "postgresql"
+        # PostgreSQL: statements that do two things at once where SQLite has no way to (an
+        # INSERT inside a WITH), to save round trips; SQLite's stay in this process.
+        self._postgres = care.engine.dialect.name == "postgresql"
 
     @property
     def settings(self) -> Settings:
@@ -582,7 +621,7 @@ class ConversationService:
         """The first statement of her turn: her row, locked (`_lock_her`); on PostgreSQL it
         records the update id and her message's id too (`_HER_BY_CHAT_MARKING_MESSAGE`),
         `_Duplicate` when the update was recorded before."""
-        if inbound.update_id is None or not self._mark_with_lock:
+        if inbound.update_id is None or not self._postgres:
             return _lock_her(session, _HER_BY_CHAT, {"index": index})
         params: dict[str, Any] = {
             "index": index,
@@ -1353,6 +1392,9 @@ class ConversationService:
             "since": now - _CHECKIN_WINDOW,
             "continues": now - _CHECKIN_CONTINUES,
         }
+        if self._postgres:
+            connection.execute(_CHECKIN_ANSWER_OR_NEW[name], {**which, **values})
+            return
         if connection.execute(statement, {**which, **values}).first() is not None:
             return
         connection.execute(
