@@ -8,8 +8,10 @@ hand-over to the sender, the sends and their marks. The baseline, measured in th
 is the cheapest message the service handles: a text from a chat nobody is linked to (one
 look-up and a neutral answer, nothing stored). It also prints the wall-clock time from each
 of her turns to its first reply (no load, so no queueing: the turn's own work and its round
-trips to the database) and the SQL statements per turn, the sender's marks included (each a
-round trip; unlike the times, this count does not move with the machine's mood).
+trips to the database) and the SQL statements and transactions per turn, the sender's marks
+included; on PostgreSQL also the round trips: each statement is one, and each transaction
+adds two, BEGIN and COMMIT (an autocommitted statement adds none). Unlike the times, these
+counts do not move with the machine's mood.
 
 `bench/turn_latency.py` measures the whole bot under load, where the VM's speed moves the
 figures by a third from one hour to the next; here the quartiles usually lie within a few per
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -102,6 +104,9 @@ class Figures:
     """Ms from each of her turns to its first reply."""
     statements: int = 0
     """SQL statements her measured turns sent (the sender's marks included)."""
+    transactions: int = 0
+    """Transactions they began (an autocommitted statement is none): on PostgreSQL each costs
+    two round trips besides its statements, BEGIN and COMMIT (or ROLLBACK)."""
     trace: list[str] = field(default_factory=list)
     """The first measured cycle of the first girl: each turn, then its statements (their SQL
     with placeholders, never a value)."""
@@ -129,7 +134,12 @@ async def _measure(url: str, clients: int, rounds: int, baseline: bool) -> Figur
             if tracing:
                 figures.trace.append("    " + " ".join(statement.split())[:TRACE_WIDTH])
 
+    def began(conn: Connection) -> None:
+        if counting and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            figures.transactions += 1
+
     event.listen(care.engine, "before_cursor_execute", count)
+    event.listen(care.engine, "begin", began)
     parts = build(care.settings, care=care, nlu=build_nlu(NluConfig(cache_dir=default_cache_dir())))
     await parts.warm()
     channel = InstantChannel()
@@ -235,6 +245,10 @@ def main() -> None:
         print(f"  her turn costs {ratio:.1f}x the baseline")
     print(f"  her turn to its first reply        {quartiles(walls)} (wall clock)")
     print(f"  SQL statements per turn            {figures.statements / len(walls):5.2f}")
+    print(f"  transactions per turn              {figures.transactions / len(walls):5.2f}")
+    if args.backend == "postgres":
+        trips = (figures.statements + 2 * figures.transactions) / len(walls)
+        print(f"  round trips per turn               {trips:5.2f} (statements, BEGIN and COMMIT)")
     if args.trace:
         print("one check-in cycle, each turn and the statements it sent (the sender's included):")
         print("\n".join(figures.trace))
