@@ -576,8 +576,8 @@ class _GroupCommit:
     one kind (`together`) also share their statements: a batch of sent marks is one UPDATE
     and one INSERT, whatever its size, where each mark would be a round trip or two of its
     own (on PostgreSQL, each of them also waits for the GIL again). A batch made only of jobs
-    of one kind that can be done by one statement (`alone`) is that statement, autocommitted,
-    where `autocommit` connections are given (PostgreSQL): one round trip for the batch. Each
+    whose kinds can each be done by one statement (`alone`) is those statements, autocommitted,
+    where `autocommit` connections are given (PostgreSQL): one round trip for each kind. Each
     caller is answered when its job is durable. When a batch fails, its jobs are run again one
     by one, each in its own transaction, so that one bad row cannot hold up the others.
     """
@@ -648,11 +648,16 @@ class _GroupCommit:
                     future.set_exception(value)
 
     def _commit(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
-        """Thread side: all jobs in one statement (`_alone`) or one transaction, or one by one
-        when that fails."""
-        alone = self._alone(jobs)
-        if alone is not None:
-            return alone
+        """Thread side: each kind's one statement, autocommitted, where every job has one
+        (`_alone`); else all jobs in one transaction, or one by one when that fails."""
+        done = self._alone(jobs)
+        left = [at for at in range(len(jobs)) if at not in done]
+        if left:
+            outcomes = self._in_transactions([jobs[at] for at in left])
+            done.update(zip(left, outcomes, strict=True))
+        return [done[at] for at in range(len(jobs))]
+
+    def _in_transactions(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         if len(jobs) > 1:
             try:
                 with self._sessions() as session, session.begin():
@@ -671,22 +676,33 @@ class _GroupCommit:
                 outcomes.append((False, exc))
         return outcomes
 
-    def _alone(self, jobs: list[_Job]) -> list[tuple[bool, Any]] | None:
-        """The batch as its kind's one autocommitted statement, if it can be one; None when it
-        cannot, or when that statement failed (the caller then runs it as it would have)."""
-        first = jobs[0]
-        if self._autocommit is None or not isinstance(first, _Together) or first.alone is None:
-            return None
-        if not all(isinstance(job, _Together) and job.run == first.run for job in jobs):
-            return None
-        try:
-            with self._autocommit() as connection:
-                results = first.alone(connection, [cast(_Together, job).arg for job in jobs])
-        except Exception as exc:
-            _log.warning("outbox.batch_failed size=%d error=%s", len(jobs), type(exc).__name__)
-            return None
-        self.commits += 1
-        return [(True, result) for result in results]
+    def _alone(self, jobs: list[_Job]) -> dict[int, tuple[bool, Any]]:
+        """When every job of the batch can be done by its kind's one statement (`alone`), run
+        those statements, autocommitted, one for each kind, in the order the kinds came: no
+        BEGIN and COMMIT round trips. Answers the outcomes by the jobs' positions. A kind
+        whose statement fails, and the kinds after it, are left out: the caller runs them in
+        transactions, as it would have."""
+        done: dict[int, tuple[bool, Any]] = {}
+        if self._autocommit is None:
+            return done
+        kinds: dict[Callable[[Session, list[Any]], list[Any]], list[int]] = {}
+        for at, job in enumerate(jobs):
+            if not isinstance(job, _Together) or job.alone is None:
+                return done
+            kinds.setdefault(job.run, []).append(at)
+        for positions in kinds.values():
+            same = [cast(_Together, jobs[at]) for at in positions]
+            alone = same[0].alone
+            assert alone is not None
+            try:
+                with self._autocommit() as connection:
+                    results = alone(connection, [job.arg for job in same])
+            except Exception as exc:
+                _log.warning("outbox.batch_failed size=%d error=%s", len(same), type(exc).__name__)
+                break
+            self.commits += 1
+            done.update((at, (True, result)) for at, result in zip(positions, results, strict=True))
+        return done
 
 
 def _run_jobs(session: Session, jobs: list[_Job]) -> list[Any]:

@@ -648,9 +648,9 @@ async def test_jobs_of_one_kind_run_together_and_each_gets_its_own_answer(
 async def test_a_batch_of_one_kind_alone_is_its_one_autocommitted_statement(
     care_ctx: Care, people: People
 ) -> None:
-    """`alone`: a batch made only of one kind's jobs is that kind's single statement, run
-    outside a transaction; with another job beside it, or when it fails, the kind's `run`
-    does the work in a transaction as before."""
+    """`alone`: a batch made only of jobs whose kinds have a single statement is those
+    statements, one for each kind, run outside a transaction; with a plain job beside them,
+    or when a statement fails, the kinds' `run` does the work in a transaction as before."""
     rows = [put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:3]]
     ran: list[tuple[str, list[int]]] = []
 
@@ -676,11 +676,41 @@ async def test_a_batch_of_one_kind_alone_is_its_one_autocommitted_statement(
     def plain(session: Session) -> str:
         return "plain"
 
+    def kind_all(session: Session, row_ids: list[int]) -> list[str]:
+        ran.append(("other kind in a transaction", row_ids))
+        return ["other tx"] * len(row_ids)
+
+    def kind_alone(connection: Connection, row_ids: list[int]) -> list[str]:
+        ran.append(("other kind alone", row_ids))
+        connection.execute(
+            update(OutboxMessage).where(OutboxMessage.id.in_(row_ids)).values(kind="other")
+        )
+        return ["other alone"] * len(row_ids)
+
     writer = _GroupCommit(care_ctx.sessions, max_batch=10, autocommit=autocommit)
     both = await asyncio.gather(*(writer.together(mark_all, r, mark_alone) for r in rows[::2]))
     assert both == ["alone", "alone"]
     assert ran == [("alone", rows[::2])]
     assert [row(care_ctx, r).last_error for r in rows] == ["alone", None, "alone"]
+    ran.clear()
+    kinds = await asyncio.gather(
+        writer.together(kind_all, rows[2], kind_alone),
+        writer.together(mark_all, rows[0], mark_alone),
+    )
+    assert kinds == ["other alone", "alone"]
+    assert ran == [("other kind alone", [rows[2]]), ("alone", [rows[0]])], "in the order they came"
+    assert row(care_ctx, rows[2]).kind == "other"
+    ran.clear()
+    failing = await asyncio.gather(
+        writer.together(mark_all, rows[1], mark_alone),
+        writer.together(kind_all, rows[0], kind_alone),
+    )
+    assert failing == ["tx", "other tx"]
+    assert ran == [
+        ("alone", [rows[1]]),
+        ("in a transaction", [rows[1]]),
+        ("other kind in a transaction", [rows[0]]),
+    ], "the kinds after a failed statement go to the transaction too"
     ran.clear()
     mixed = await asyncio.gather(writer.together(mark_all, rows[0], mark_alone), writer.run(plain))
     assert mixed == ["tx", "plain"]
@@ -691,7 +721,7 @@ async def test_a_batch_of_one_kind_alone_is_its_one_autocommitted_statement(
     assert failed == "tx"
     assert ran == [("alone", [rows[1]]), ("in a transaction", [rows[1]])]
     assert row(care_ctx, rows[1]).last_error == "tx"
-    assert writer.commits == 3
+    assert writer.commits == 6
 
 
 async def test_a_row_taken_over_while_on_its_way_is_left_to_its_new_sender(
