@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Insert,
     Integer,
     Select,
@@ -55,6 +56,7 @@ from care import audit, directory, escalations, outbox
 from care.clock import Clock, SystemClock
 from care.context import Care
 from care.db import insert_new
+from care.db import savepoint as begin_savepoint
 from care.errors import CareError, CodeRefused, DecryptionError, StorageError
 from care.models import (
     Appointment,
@@ -338,8 +340,14 @@ _SESSION_OF = select(_SESSIONS.c.id, _SESSIONS.c.state_enc).where(
     _SESSIONS.c.client_id == bindparam("client_id")
 )
 _SESSION_NEW = insert(_SESSIONS)
-_HER_WITH_SESSION = (
-    select(Client, _SESSIONS.c.id, _SESSIONS.c.state_enc, Organisation.duress_index)
+_HER_WITH_SESSION: Select[Any] = (
+    select(
+        Client,
+        _SESSIONS.c.id,
+        _SESSIONS.c.state_enc,
+        Organisation.duress_index,
+        outbox.open_for(RecipientKind.CLIENT, cast(ColumnElement[int], Client.id)),
+    )
     .join(_SESSIONS, _SESSIONS.c.client_id == Client.id)
     .join(Organisation, Organisation.id == Client.org_id)
     .with_for_update(of=[Client.__table__, _SESSIONS])
@@ -378,8 +386,22 @@ _SESSION_SAVE = (
 )
 """Her new state; it also answers whether a message is still open for her, which the sender
 asks before it takes the turn's replies (`outbox.note_open`): one round trip less a turn.
+(On PostgreSQL `_SESSION_SAVE_LATER` goes with the turn's reply instead; the first statement
+of her turn answered the sender's question.)
 (Her id goes in as a parameter: SQLite writes the columns of an UPDATE's RETURNING
 unqualified, and inside the subquery `client_id` would then be the outbox's own column.)"""
+_SESSION_SAVE_LATER = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("row_id"))
+    .values(
+        {
+            name: bindparam(name, type_=_SESSIONS.c[name].type)
+            for name in ("flow", "flow_version", "state_enc", "updated_at", "timeout_at")
+        }
+    )
+)
+"""PostgreSQL: her new state, in the WITH of the statement that writes the turn's reply
+(`outbox.ride_along`): one round trip less a turn."""
 # Her check-in too: a turn answers at most one, as a plain row.
 _CHECKINS = cast(Table, CheckIn.__table__)
 _RECENT_CHECKIN = (
@@ -663,7 +685,7 @@ class ConversationService:
         row = {"update_id": inbound.update_id, "processed_at": self.clock.now()}
         try:
             if savepoint:
-                with session.begin_nested():
+                with begin_savepoint(session):
                     session.execute(_PROCESSED, row)
             else:
                 session.connection().execute(_PROCESSED, row)
@@ -734,9 +756,11 @@ class ConversationService:
         handoff = self._handoff
         with outbox.collecting() as written:
             with self.care.sessions.begin() as session:
+                outbox.carry_riders(session)  # her new state goes with her reply (PostgreSQL)
                 result = work(session)
                 taken = handoff.take(session, written) if handoff and written else ()
                 outbox.write(session, written)  # the rows the sender did not take
+                outbox.run_riders(session)
             if taken and handoff is not None:
                 handoff.adopt(taken)
             return result, len(taken) < len(written)
@@ -794,7 +818,7 @@ class ConversationService:
         if inbound.kind != "command" or inbound.command != "start" or len(inbound.args) != 1:
             return None
         try:
-            with session.begin_nested():
+            with begin_savepoint(session):
                 linked = directory.link_chat(
                     session, self.care.vault, inbound.args[0], inbound.chat_id
                 )
@@ -1091,6 +1115,7 @@ class ConversationService:
         if ahead is not None and ahead[0] == client.id:
             row = ahead[1:]
         else:
+            outbox.run_riders(session)  # a save still waiting goes first
             row = session.connection().execute(_SESSION_OF, {"client_id": client.id}).first()
         if row is None:
             return _State(None)
@@ -1114,6 +1139,7 @@ class ConversationService:
         session.info.pop(_READ_AHEAD, None)  # what it read is no longer her state
         connection = session.connection()
         if state.row_id is None:
+            outbox.run_riders(session)
             found = connection.execute(_SESSION_OF, {"client_id": client.id}).first()
             state.row_id = found[0] if found is not None else None
         now = self.clock.now()
@@ -1127,6 +1153,8 @@ class ConversationService:
         if state.row_id is None:
             result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
             state.row_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        elif outbox.ride_along(session, _SESSION_SAVE_LATER, {"row_id": state.row_id, **values}):
+            return  # written with the turn's reply (PostgreSQL: `_transact`)
         else:
             saved = connection.execute(
                 _SESSION_SAVE, {"row_id": state.row_id, "her_id": client.id, **values}
@@ -1562,14 +1590,18 @@ class ConversationService:
 
 
 def _lock_her(session: Session, statement: Select[Any], params: dict[str, Any]) -> Client | None:
-    """Lock her row and read her session row with it (`_HER_WITH_SESSION`); None when no
-    girl with a session row matches (then nothing is locked)."""
+    """Lock her row and read her session row with it (`_HER_WITH_SESSION`), and whether a
+    message is open for her; None when no girl with a session row matches (then nothing is
+    locked)."""
     found = session.execute(statement, params).first()
     if found is None:
         return None
-    client, row_id, state_enc, duress_index = found
+    client, row_id, state_enc, duress_index, is_open = found
     session.info[_READ_AHEAD] = (client.id, row_id, state_enc)
     session.info[_DURESS_AHEAD] = (client.id, client.org_id, duress_index)
+    # Whether a message was open for her when her row was locked: the sender asks before it
+    # takes this turn's replies (on SQLite her session's UPDATE answers it again).
+    outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(is_open))
     return cast(Client, client)
 
 

@@ -170,6 +170,22 @@ def _ping_when_idle(engine: Engine) -> None:
     event.listen(engine, "checkin", checkin)
 
 
+BEFORE_SAVEPOINT = "aftercare.before_savepoint"
+"""`session.info` key: what must run before a savepoint begins (`care.outbox.carry_riders`)."""
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """`session.begin_nested()`, once the writes this transaction holds back have run
+    (`care.outbox.ride_along`): a write inside the savepoint must not overtake them, and a
+    rollback to it must not take them back. Use it instead of `begin_nested` in our code."""
+    run = session.info.get(BEFORE_SAVEPOINT)
+    if run is not None:
+        run(session)
+    with session.begin_nested():
+        yield
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """A session factory that keeps loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)

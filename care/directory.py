@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from care import audit
 from care.codes import issue_code, redeem_code, revoke_codes
 from care.crypto import KeyRing
+from care.db import savepoint
 from care.errors import InvalidInput, NotFound
 from care.models import (
     Client,
@@ -204,7 +205,7 @@ def invite_client(
     )
     session.add(client)
     try:
-        with session.begin_nested():
+        with savepoint(session):
             session.flush()
     except IntegrityError:
         raise InvalidInput(f"the alias {alias!r} is already used in this organisation") from None

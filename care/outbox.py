@@ -55,9 +55,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.dml import UpdateBase
 
 from care.clock import Clock, SystemClock
-from care.db import insert_new_rows
+from care.db import BEFORE_SAVEPOINT, insert_new_rows
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -242,7 +243,13 @@ def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
         return
     connection = session.connection()
     values = [{name: getattr(row, name) for name in _WRITTEN_COLUMNS} for row in new]
-    if len(new) == 1:
+    rider = _take_rider(session) if len(new) == 1 else None
+    if rider is not None:  # one statement for the row and the statement waiting for it
+        statement, params = rider
+        named = {_RIDING_NAME + name: value for name, value in values[0].items()}
+        named[_RIDING_NAME + "created_at"] = utcnow()  # (no default is applied here)
+        new[0].id = connection.execute(_riding(statement), {**params, **named}).scalar_one()
+    elif len(new) == 1:
         new[0].id = connection.execute(_INSERT_ROWS, values[0]).scalar_one()
     else:  # one statement for all (the ids come back in the order of the rows)
         ids = connection.execute(_INSERT_ROWS, values).scalars().all()
@@ -253,6 +260,79 @@ def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
         for row in new:
             if row.status in _OPEN:
                 known[(row.recipient_kind, row.recipient_id)] = True
+
+
+_RIDERS = "aftercare.outbox_riders"
+"""`session.info` key: the statement waiting to ride along with the next row written."""
+_RIDING: dict[Any, Any] = {}
+
+
+def carry_riders(session: Session) -> None:
+    """PostgreSQL: from now on in this transaction, `ride_along` may hold a statement back
+    until the next single row is written, and run it in the same statement (in its WITH):
+    one round trip less. The caller must `run_riders` before it commits. (SQLite has no
+    UPDATE inside a WITH, and no round trips to save: nothing waits there.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        session.info[_RIDERS] = []
+        session.info[BEFORE_SAVEPOINT] = run_riders
+
+
+def ride_along(session: Session, statement: UpdateBase, params: dict[str, Any]) -> bool:
+    """Hold `statement` (a write whose answer nobody needs) back until the next row is
+    written (`carry_riders`); False when it cannot wait, and the caller runs it itself. A
+    statement already waiting runs first, so that the writes keep their order. Not inside a
+    savepoint: its rollback would not take back what waits (`care.db.savepoint` runs what
+    waits before it begins one)."""
+    riders: list[tuple[UpdateBase, dict[str, Any]]] | None = session.info.get(_RIDERS)
+    if riders is None or session.in_nested_transaction():
+        return False
+    run_riders(session)
+    riders.append((statement, params))
+    return True
+
+
+def run_riders(session: Session) -> None:
+    """Run what still waits to ride along (no single row came to be written), before the
+    transaction commits or anything reads what it writes."""
+    riders: list[tuple[UpdateBase, dict[str, Any]]] | None = session.info.get(_RIDERS)
+    while riders:
+        statement, params = riders.pop(0)
+        session.connection().execute(statement, params)
+
+
+def _take_rider(session: Session) -> tuple[UpdateBase, dict[str, Any]] | None:
+    """The statement waiting to ride along with the row being written, unless one of its
+    parameters is named like a column of the outbox (the INSERT would take it for that
+    column's value) or like one of the row's parameters: then it runs on its own first."""
+    riders: list[tuple[UpdateBase, dict[str, Any]]] | None = session.info.get(_RIDERS)
+    if not riders:
+        return None
+    names = riders[0][1].keys()
+    if any(name in _OUTBOX.c or name.startswith(_RIDING_NAME) for name in names):
+        run_riders(session)
+        return None
+    return riders.pop(0)
+
+
+_RIDING_NAME = "outbox_"
+"""What the names of the row's parameters begin with, beside a statement riding along. They
+must not be the columns' own names: SQLAlchemy would take a parameter named like a column of
+the riding UPDATE's table (`client_id`) for a value to set there."""
+
+
+def _riding(statement: UpdateBase) -> Any:
+    """An INSERT of one row (its parameters named `_RIDING_NAME` + column) with `statement`
+    in its WITH (built once for each statement)."""
+    riding = _RIDING.get(statement)
+    if riding is None:
+        columns = {
+            name: bindparam(_RIDING_NAME + name, type_=_OUTBOX.c[name].type)
+            for name in (*_WRITTEN_COLUMNS, "created_at")
+        }
+        riding = _RIDING[statement] = (
+            insert(_OUTBOX).values(columns).returning(_OUTBOX.c.id).add_cte(statement.cte("ridden"))
+        )
+    return riding
 
 
 def _settled_state(row: OutboxMessage) -> tuple[Any, ...]:

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from care import audit, directory, escalations, outbox
 from care.context import Care
+from care.db import savepoint
 from care.errors import CareError, InvalidInput
 from care.models import (
     Appointment,
@@ -1101,7 +1102,7 @@ class WorkerDesk:
             self._say(session, worker, _t("appointment_expired", lang))
             return
         try:
-            with session.begin_nested():
+            with savepoint(session):
                 self.appointments(session, self.care, client, worker, draft.starts_at, draft.place)
         except CareError as exc:
             self._say(session, worker, str(exc))

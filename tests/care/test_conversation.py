@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -790,3 +790,45 @@ async def test_her_words_reach_her_worker_whoever_reads_them(
     assert [sent.text for sent in world.to_client()] == ["Oké, top! 👍"]
     alerts = world.to_worker()
     assert len(alerts) == 1 and "STIL ALARM" in alerts[0].text
+
+
+async def test_her_reply_waits_behind_a_message_still_open_for_her(world: World) -> None:
+    """The sender of this process takes her turn's reply in the turn itself, unless a message
+    is still open for her (the first look of her turn reads that with her locked row): then
+    the reply waits for the sender's claim, behind it. Her new state is saved either way."""
+    await enrolled(world)
+    sender = OutboxSender(world.care, FakeChannel(), options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    world.service.set_handoff(sender)
+    try:
+        with world.care.sessions.begin() as session:
+            her = session.get(Client, world.client_id)
+            assert her is not None
+            later = datetime.now(UTC) + timedelta(hours=1)
+            text = {"type": "text", "text": "tot straks"}
+            older = outbox.enqueue(
+                session, world.care.vault, her, text, kind="reminder", not_before=later
+            ).id
+        await world.command("checkin")
+        with world.care.sessions() as session:
+            rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+            replies = [r for r in rows if r.id > older and r.recipient_id == world.client_id]
+        assert replies, "she was answered"
+        assert all(r.claimed_by is None for r in replies), "left to the claim, behind it"
+        question = world.to_client()[-1]
+        with world.care.sessions.begin() as session:  # all sent: nothing is open for her now
+            session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT))
+        await world.press(question.button("Goed"))
+        with world.care.sessions() as session:
+            taken = session.scalars(
+                select(OutboxMessage).where(OutboxMessage.id > replies[-1].id)
+            ).all()
+        assert taken and taken[0].claimed_by == sender.name, "nothing open: taken at once"
+        assert taken[0].status is OutboxStatus.SENDING
+    finally:
+        await sender.stop(flush=False)
+    world.service.set_handoff(None)
+    safety = world.to_client()[-1]
+    assert "veilig" in safety.text.lower(), "her state went on to the next question"
+    await world.press(safety.button("Ja"))
+    assert "goed om te horen" in world.to_client()[-1].text.lower()

@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, select, update
+from sqlalchemy import Connection, bindparam, event, select, update
 from sqlalchemy.orm import Session
 
 from care.clock import FakeClock
 from care.context import Care
+from care.db import savepoint
 from care.directory import erase_client
 from care.models import (
     ChatMessage,
@@ -43,8 +44,11 @@ from care.outbox import (
     TransientError,
     Unreachable,
     _GroupCommit,
+    carry_riders,
     collecting,
     enqueue,
+    ride_along,
+    run_riders,
     skipped_sends,
     take_deletable,
     write,
@@ -1109,3 +1113,64 @@ def test_replies_taken_after_the_event_loop_closed_are_handed_back(
     (reply,) = ids
     assert row(care_ctx, reply).status is OutboxStatus.PENDING
     assert row(care_ctx, reply).last_error is None
+
+
+def test_a_write_held_back_goes_with_the_next_row_written(care_ctx: Care, people: People) -> None:
+    """`ride_along` (PostgreSQL): a write whose answer nobody needs waits for the next single
+    row written and goes in its INSERT's WITH, one statement for both. A second one runs the
+    first at once (the writes keep their order); a savepoint (`care.db.savepoint`) runs what
+    waits before it begins, and inside it, or on SQLite, nothing waits; what no single row
+    took runs at `run_riders`."""
+    she = people.client_ids[0]
+    postgres = care_ctx.engine.dialect.name == "postgresql"
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    rename = update(Client).where(Client.id == bindparam("who")).values(alias=bindparam("alias"))
+    event.listen(care_ctx.engine, "before_cursor_execute", seen)
+    try:
+        with care_ctx.sessions() as session, session.begin():
+            client = session.get(Client, she)
+            assert client is not None
+            statements.clear()
+
+            def rename_to(alias: str) -> bool:
+                """Hold the rename back, or run it (as its callers do) when it cannot wait."""
+                params = {"who": she, "alias": alias}
+                if ride_along(session, rename, params):
+                    return True
+                session.execute(rename, params)
+                return False
+
+            assert not ride_along(session, rename, {"who": she, "alias": "x"}), "not carrying"
+            carry_riders(session)
+            assert rename_to("eerst") is postgres
+            assert rename_to("dan") is postgres
+            with savepoint(session):  # what waits runs first ("dan")
+                assert not rename_to("genest")
+            assert rename_to("dan") is postgres
+            text = {"type": "text", "text": "hoi"}
+            row = enqueue(session, care_ctx.vault, client, text, kind="reply")
+            assert row.id is not None
+            assert rename_to("roos-laatst") is postgres
+            run_riders(session)
+            run_riders(session)  # nothing left: nothing runs
+    finally:
+        event.remove(care_ctx.engine, "before_cursor_execute", seen)
+    with care_ctx.sessions() as session:
+        assert session.get(Client, she).alias == "roos-laatst"  # type: ignore[union-attr]
+    if postgres:
+        assert statements == [
+            "UPDATE clients SET",  # "eerst", run when "dan" came
+            "UPDATE clients SET",  # "dan", run before the savepoint began
+            "SAVEPOINT sa_savepoint_1",
+            "UPDATE clients SET",  # "genest", in the savepoint, by its caller
+            "RELEASE SAVEPOINT sa_savepoint_1",
+            "WITH ridden AS",  # "dan" again, with the row
+            "UPDATE clients SET",  # "roos-laatst", by run_riders
+        ], statements
+    else:
+        assert "INSERT INTO outbox" in statements, statements
+        assert not [s for s in statements if s.startswith("WITH")], "each rename at once"
