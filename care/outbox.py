@@ -939,6 +939,17 @@ _MARK_SENT_RECORDING = select(_MARKED.c.id).add_cte(_SHOWN_RECORDED)
 `message_ids`), in one statement; answers the ids of the rows it marked."""
 
 
+def _shown_in_her_chat(sent: list[tuple[_Item, Delivered]]) -> list[tuple[int, int]]:
+    """(her id, message id) of each message these sends left in a girl's chat (a delete
+    leaves none), for wipe and auto-delete to remove."""
+    return [
+        (item.recipient[1], message_id)
+        for item, delivered in sent
+        if item.recipient[0] == RecipientKind.CLIENT.value and item.outgoing.kind != "delete"
+        for message_id in delivered.message_ids
+    ]
+
+
 def _candidate_statement(better: bool, postgres: bool) -> Select[int]:
     """Due rows that nothing is waiting ahead of for the same person (a row in flight, or
     an open better or older one that is due or waits to be tried again), best priority first
@@ -1675,10 +1686,8 @@ class OutboxSender:
             for row_id in lost:
                 _log.warning("outbox.claim_lost_after_send outbox_id=%d", row_id)
         messages = [
-            {"client_id": item.recipient[1], "message_id": message_id, "from_bot": True, "at": now}
-            for item, delivered in sent
-            if item.recipient[0] == RecipientKind.CLIENT.value and item.outgoing.kind != "delete"
-            for message_id in delivered.message_ids
+            {"client_id": client_id, "message_id": message_id, "from_bot": True, "at": now}
+            for client_id, message_id in _shown_in_her_chat(sent)
         ]
         insert_new_rows(session, ChatMessage, messages)
         return [None] * len(sent)
@@ -1687,12 +1696,7 @@ class OutboxSender:
         self, connection: Connection, sent: list[tuple[_Item, Delivered]]
     ) -> list[None]:
         """`_mark_sent` as one statement (PostgreSQL, autocommitted: one round trip)."""
-        shown = [
-            (item.recipient[1], message_id)
-            for item, delivered in sent
-            if item.recipient[0] == RecipientKind.CLIENT.value and item.outgoing.kind != "delete"
-            for message_id in delivered.message_ids
-        ]
+        shown = _shown_in_her_chat(sent)
         row_ids = [item.row_id for item, _ in sent]
         marked = connection.execute(
             _MARK_SENT_RECORDING,
