@@ -728,48 +728,6 @@ async def test_a_batch_of_one_kind_alone_is_its_one_autocommitted_statement(
     assert writer.commits == 6
 
 
-async def test_a_row_taken_over_while_on_its_way_is_left_to_its_new_sender(
-    care_ctx: Care, people: People, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Its claim ran out while the message was on its way and another sender claimed it: the
-    mark of the send changes nothing of that row and says so in the log (ids only); the
-    message it made in her chat is recorded all the same, so that wipe can remove it. The
-    other rows marked in the same batch are sent."""
-    fast_limits(care_ctx)
-    she, other = people.client_ids[:2]
-    taken = put(care_ctx, ("client", she), "een")
-    kept = put(care_ctx, ("client", other), "twee")
-
-    def take_over(message: Outgoing) -> None:
-        if message.outbox_id == taken:
-            with care_ctx.sessions() as session, session.begin():
-                session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id == taken)
-                    .values(claimed_by="another-sender")
-                )
-
-    channel = FakeChannel(hook=take_over)
-    sender = OutboxSender(care_ctx, channel, options=FAST)
-    await sender.start()
-    await channel.wait_for(2)
-    assert await sender.idle(5)
-    await sender.stop(flush=False)
-    assert sorted(channel.delivered_ids()) == [taken, kept]
-    left = row(care_ctx, taken)
-    assert (left.status, left.claimed_by) == (OutboxStatus.SENDING, "another-sender")
-    assert left.sent_at is None
-    assert row(care_ctx, kept).status is OutboxStatus.SENT
-    assert row(care_ctx, kept).channel_message_id is not None
-    with care_ctx.sessions() as session:
-        recorded = session.execute(
-            select(ChatMessage.client_id, ChatMessage.from_bot).order_by(ChatMessage.client_id)
-        ).all()
-    assert recorded == [(she, True), (other, True)]
-    lost = [r.getMessage() for r in caplog.records if "claim_lost_after_send" in r.getMessage()]
-    assert lost == [f"outbox.claim_lost_after_send outbox_id={taken}"]
-
-
 async def test_a_burst_of_deliveries_is_marked_in_a_few_statements(care_ctx: Care) -> None:
     """The marks of deliveries that wait for the same commit share their statements, and each
     row still gets its own message id, recorded in her chat for wipe."""
@@ -806,10 +764,12 @@ async def test_a_burst_of_deliveries_is_marked_in_a_few_statements(care_ctx: Car
 
 
 async def test_a_message_sent_after_its_row_was_taken_over_is_still_recorded_for_wipe(
-    care_ctx: Care, people: People
+    care_ctx: Care, people: People, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its claim ran out while it was on its way and another sender took the row: the row is
-    that sender's to settle, but the message is in her chat, so its id is kept for wipe."""
+    that sender's to settle (the mark of the send changes nothing of it and says so in the
+    log, ids only), but the message is in her chat, so its id is kept for wipe. The other row
+    marked in the same batch is sent."""
     fast_limits(care_ctx)
     taken, kept = (put(care_ctx, ("client", c), "hoi") for c in people.client_ids[:2])
 
@@ -828,12 +788,17 @@ async def test_a_message_sent_after_its_row_was_taken_over_is_still_recorded_for
     await channel.wait_for(2)
     assert await sender.idle(5)
     await sender.stop(flush=False)
+    assert sorted(channel.delivered_ids()) == [taken, kept]
     assert row(care_ctx, kept).status is OutboxStatus.SENT
+    assert row(care_ctx, kept).channel_message_id is not None
     assert row(care_ctx, taken).status is OutboxStatus.SENDING  # not ours to settle
     assert row(care_ctx, taken).claimed_by == "another-sender"
+    assert row(care_ctx, taken).sent_at is None
     with care_ctx.sessions() as session:
-        recorded = set(session.scalars(select(ChatMessage.client_id)))
-    assert recorded == set(people.client_ids[:2])
+        recorded = set(session.execute(select(ChatMessage.client_id, ChatMessage.from_bot)))
+    assert recorded == {(she, True) for she in people.client_ids[:2]}
+    lost = [r.getMessage() for r in caplog.records if "claim_lost_after_send" in r.getMessage()]
+    assert lost == [f"outbox.claim_lost_after_send outbox_id={taken}"]
 
 
 def _written_by_a_turn(
