@@ -868,16 +868,15 @@ _MARK_ALL_IN_FLIGHT = (
 )
 """Claimed rows go to the channel now (`row_ids`, `sender`, `until`); answers the ids whose
 claim still held."""
+_SENT_STATE: dict[str, Any] = {
+    "status": OutboxStatus.SENT,
+    "sent_at": bindparam("now"),
+    "last_error": None,
+    "claimed_until": None,
+}
+"""What a sent mark sets, besides the id of the first message the row created."""
 _MARK_SENT = (
-    update(_OUTBOX)
-    .where(_MINE)
-    .values(
-        status=OutboxStatus.SENT,
-        sent_at=bindparam("now"),
-        last_error=None,
-        claimed_until=None,
-        channel_message_id=bindparam("first"),
-    )
+    update(_OUTBOX).where(_MINE).values(**_SENT_STATE, channel_message_id=bindparam("first"))
 )
 """A claimed row was sent (parameters `row_id`, `sender`, `now` and `first`, the id of the
 first message it created)."""
@@ -909,13 +908,7 @@ _SHOWN = (
 _MARKED = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id == _SENT.c.row_id, _CLAIMED_BY_ME)
-    .values(
-        status=OutboxStatus.SENT,
-        sent_at=bindparam("now"),
-        last_error=None,
-        claimed_until=None,
-        channel_message_id=_SENT.c.first,
-    )
+    .values(**_SENT_STATE, channel_message_id=_SENT.c.first)
     .returning(_OUTBOX.c.id)
     .cte("marked")
 )
