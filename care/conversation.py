@@ -462,10 +462,15 @@ def _answer_or_begin(answer: Update, column: str | None) -> Insert:
     )
 
 
+_CHECKIN_FIELDS: dict[str, tuple[str | None, Update]] = {
+    "mood": ("mood", _CHECKIN_FIRST_ANSWER),
+    "safe": ("feels_safe", _CHECKIN_ANSWER),
+    "checkin": (None, _CHECKIN_ANSWER),
+}
+"""Each field that answers a check-in: the column it fills, and the statement that puts it
+into her current check-in."""
 _CHECKIN_ANSWER_OR_NEW = {
-    "mood": _answer_or_begin(_CHECKIN_FIRST_ANSWER, "mood"),
-    "safe": _answer_or_begin(_CHECKIN_ANSWER, "feels_safe"),
-    "checkin": _answer_or_begin(_CHECKIN_ANSWER, None),
+    name: _answer_or_begin(answer, column) for name, (column, answer) in _CHECKIN_FIELDS.items()
 }
 """`_answer_or_begin` for each field that answers a check-in."""
 _PROCESSED = insert(cast(Table, ProcessedUpdate.__table__))
@@ -1404,10 +1409,8 @@ class ConversationService:
             # watchdog, which also counts the check-ins she missed (reminders.checkins).
             return
         values: dict[str, Any] = {}
-        statement = _CHECKIN_ANSWER
         if name == "mood":
             values["mood"] = str(value)[:16]
-            statement = _CHECKIN_FIRST_ANSWER
         elif name == "safe":
             values["feels_safe"] = {"yes": True, "no": False}.get(str(value))
         values["status"] = CheckInStatus.ANSWERED
@@ -1423,7 +1426,8 @@ class ConversationService:
         if self._postgres:
             connection.execute(_CHECKIN_ANSWER_OR_NEW[name], {**which, **values})
             return
-        if connection.execute(statement, {**which, **values}).first() is not None:
+        _, answer = _CHECKIN_FIELDS[name]
+        if connection.execute(answer, {**which, **values}).first() is not None:
             return
         connection.execute(
             _CHECKIN_NEW,
