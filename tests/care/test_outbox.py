@@ -842,6 +842,62 @@ async def test_a_turn_hands_its_replies_over_without_a_claim(
     assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
 
 
+async def test_a_turns_reply_goes_to_the_channel_in_the_loops_next_round(
+    care_ctx: Care, people: People
+) -> None:
+    """Marked in flight by the turn, her reply needs no arming and no round of the sender's
+    loop: under load each round waits behind every other callback, and she waits with it."""
+    channel = FakeChannel()
+    sender = await _waiting_sender(care_ctx, channel)
+    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+    sender.adopt(taken)  # on the loop's thread, as after the turn's commit
+    await asyncio.sleep(0)
+    assert channel.attempts == ids[:1], "the first reply is with the channel already"
+    await channel.wait_for(2, timeout=3)
+    await sender.stop()
+    assert channel.delivered_ids() == ids
+    assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
+
+
+async def test_a_turns_reply_keeps_her_chats_pace(care_ctx: Care, people: People) -> None:
+    fast_limits(care_ctx, per_chat=2.0)
+    sender = OutboxSender(
+        care_ctx, channel := FakeChannel(), options=SenderOptions(poll_seconds=30)
+    )
+    await sender.start()
+    await asyncio.sleep(0.1)
+    she, other = people.client_ids[:2]
+    first = _turn(care_ctx, sender, she, "een")
+    await channel.wait_for(1, timeout=3)
+    second = _turn(care_ctx, sender, she, "twee")
+    third = _turn(care_ctx, sender, other, "ander")
+    await channel.wait_for(3, timeout=3)
+    await sender.stop()
+    at = {m.outbox_id: t for t, m in channel.deliveries}
+    assert at[second[0]] - at[first[0]] >= 0.45, "2 a second in her chat, with headroom"
+    assert at[third[0]] < at[second[0]], "another girl does not wait behind her"
+
+
+async def test_an_alert_waiting_for_the_overall_limit_goes_before_a_turns_reply(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=2.0)
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    filler = put(care_ctx, ("client", people.client_ids[1]), "eerder")
+    sender.wake()
+    await channel.wait_for(1, timeout=3)  # the overall limit's token is spent
+    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+    sender.wake()
+    await asyncio.sleep(0.1)  # claimed and armed; waits for the next token
+    reply = _turn(care_ctx, sender, people.client_ids[0], "antwoord")
+    await channel.wait_for(3, timeout=5)
+    await sender.stop()
+    assert channel.delivered_ids() == [filler, alert, *reply]
+
+
 async def test_a_turns_replies_are_written_once_already_taken(
     care_ctx: Care, people: People
 ) -> None:
