@@ -55,7 +55,7 @@ import dialogues
 from care import audit, directory, escalations, outbox
 from care.clock import Clock, SystemClock
 from care.context import Care
-from care.db import insert_new
+from care.db import insert_new, one_of
 from care.db import savepoint as begin_savepoint
 from care.errors import CareError, CodeRefused, DecryptionError, StorageError
 from care.models import (
@@ -408,7 +408,7 @@ _RECENT_CHECKIN = (
     select(_CHECKINS.c.id)
     .where(
         _CHECKINS.c.client_id == bindparam("her_id"),
-        _CHECKINS.c.status.in_([CheckInStatus.SENT, CheckInStatus.ANSWERED]),
+        one_of(_CHECKINS.c.status, [CheckInStatus.SENT, CheckInStatus.ANSWERED]),
         _CHECKINS.c.due_at > bindparam("since", type_=CheckIn.due_at.type),
     )
     .order_by(_CHECKINS.c.due_at.desc(), _CHECKINS.c.id.desc())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,11 @@ from typing import Any
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Insert, create_engine, event
+from sqlalchemy import ColumnElement, Connection, Engine, Insert, create_engine, event, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from care.errors import DatabaseUnavailable, SchemaOutdated
 
@@ -184,6 +184,16 @@ def savepoint(session: Session) -> Iterator[None]:
         run(session)
     with session.begin_nested():
         yield
+
+
+def one_of(
+    column: ColumnElement[Any] | InstrumentedAttribute[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """`column IN (values)` for a few fixed values, written as `column = a OR column = b`:
+    SQLAlchemy renders an IN list anew at every execution (its parameters "expand"), while
+    this statement is compiled once and then taken from the cache as it is. For statements of
+    every turn; the planner reads both alike."""
+    return or_(*(column == value for value in values))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

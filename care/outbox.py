@@ -59,7 +59,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import UpdateBase
 
 from care.clock import Clock, SystemClock
-from care.db import BEFORE_SAVEPOINT, insert_new_rows
+from care.db import BEFORE_SAVEPOINT, insert_new_rows, one_of
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -813,7 +813,7 @@ _OPEN_FOR_PERSON = (
     .where(
         OutboxMessage.recipient_kind == bindparam("kind"),
         OutboxMessage.recipient_id == bindparam("person"),
-        OutboxMessage.status.in_(_OPEN),
+        one_of(OutboxMessage.status, _OPEN),
     )
     .limit(1)
 )
@@ -828,7 +828,7 @@ def open_for(kind: RecipientKind, person: ColumnElement[int]) -> Exists:
     return exists().where(
         OutboxMessage.recipient_kind == kind,
         OutboxMessage.recipient_id == person,
-        OutboxMessage.status.in_(_OPEN),
+        one_of(OutboxMessage.status, _OPEN),
     )
 
 
