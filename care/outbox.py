@@ -1194,6 +1194,8 @@ class OutboxSender:
         for item in fresh:
             item.adopted_at = self._wakes
             self._known.add(item.row_id)
+        # The best first: a turn's alert to her worker gets the one token left before her reply.
+        fresh.sort(key=lambda i: (i.priority, i.row_id))
         queued = [item for item in fresh if not self._fire_at_once(item)]
         if queued:
             self._queue.extend(queued)

@@ -899,6 +899,39 @@ async def test_an_alert_waiting_for_the_overall_limit_goes_before_a_turns_reply(
     assert channel.delivered_ids() == [filler, alert, *reply]
 
 
+async def test_a_turns_alert_to_her_worker_goes_before_her_reply_written_first(
+    care_ctx: Care, people: People
+) -> None:
+    fast_limits(care_ctx, per_chat=30.0, overall=2.0)  # one message now, the next in 0.5 s
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
+    await sender.start()
+    await asyncio.sleep(0.1)
+    she = people.client_ids[0]
+    with collecting() as written, care_ctx.sessions() as session, session.begin():
+        client = session.get(Client, she)
+        worker = session.get(Worker, people.worker_id)
+        assert client is not None and worker is not None
+        reply = enqueue(
+            session, care_ctx.vault, client, {"type": "text", "text": "hoi"}, kind="reply"
+        )
+        alert = enqueue(
+            session,
+            care_ctx.vault,
+            worker,
+            {"type": "text", "text": "ALARM"},
+            kind="alert",
+            priority=OutboxPriority.CRITICAL,
+            client_id=she,
+        )
+        taken = sender.take(session, written)
+        write(session, written)
+    sender.adopt(taken)
+    await channel.wait_for(2, timeout=3)
+    await sender.stop()
+    assert channel.delivered_ids() == [alert.id, reply.id]
+
+
 async def test_a_turns_replies_are_written_once_already_taken(
     care_ctx: Care, people: People
 ) -> None:
