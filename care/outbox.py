@@ -557,6 +557,11 @@ class _Item:
     """Its in-flight mark was committed with the turn that wrote it: arming needs no commit."""
 
 
+def _in_order(item: _Item) -> tuple[int, int]:
+    """The order rows go in: best priority first, then as written."""
+    return (item.priority, item.row_id)
+
+
 class _Bucket:
     """A token bucket on the monotonic clock."""
 
@@ -1195,11 +1200,11 @@ class OutboxSender:
             item.adopted_at = self._wakes
             self._known.add(item.row_id)
         # The best first: a turn's alert to her worker gets the one token left before her reply.
-        fresh.sort(key=lambda i: (i.priority, i.row_id))
+        fresh.sort(key=_in_order)
         queued = [item for item in fresh if not self._fire_at_once(item)]
         if queued:
             self._queue.extend(queued)
-            self._queue.sort(key=lambda i: (i.priority, i.row_id))
+            self._queue.sort(key=_in_order)
         self._wake.set()
 
     def _fire_at_once(self, item: _Item) -> bool:
@@ -1222,10 +1227,14 @@ class OutboxSender:
         if self._gate.global_wait(now) > 0 or self._gate.chat_wait(item.recipient, now) > 0:
             return False
         self._busy_recipients.add(item.recipient)
+        self._fire(item)
+        return True
+
+    def _fire(self, item: _Item) -> None:
+        """Hand a row marked in flight to the channel (the limits allowed it just now)."""
         self._gate.take(item.recipient)
         task = asyncio.create_task(self._send(item), name=f"outbox-{item.row_id}")
         self._in_flight[item.row_id] = task
-        return True
 
     async def idle(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
         """Wait until nothing is due, queued or in flight; False on time-out."""
@@ -1370,9 +1379,7 @@ class OutboxSender:
                 return soonest
             self._armed.remove(chosen)
             self._ahead.pop(chosen.row_id, None)
-            self._gate.take(chosen.recipient)
-            task = asyncio.create_task(self._send(chosen), name=f"outbox-{chosen.row_id}")
-            self._in_flight[chosen.row_id] = task
+            self._fire(chosen)
         return None
 
     async def _refill(self) -> None:
@@ -1398,7 +1405,7 @@ class OutboxSender:
         for item in fresh:
             self._known.add(item.row_id)
         self._queue.extend(fresh)
-        self._queue.sort(key=lambda i: (i.priority, i.row_id))
+        self._queue.sort(key=_in_order)
         self._last_claimed = len(fresh)
         nothing = not fresh and not self._queue and not self._in_flight
         if nothing and wakes == self._wakes:
@@ -1422,7 +1429,7 @@ class OutboxSender:
                 self._handback.append(item)
             else:
                 self._armed.append(item)
-                self._armed.sort(key=lambda i: (i.priority, i.row_id))
+                self._armed.sort(key=_in_order)
                 armed = True
         except Exception as exc:  # not marked, so not sent; the claim expires and it is retried
             _log.error(
