@@ -57,6 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from care.clock import Clock, SystemClock
 from care.db import BEFORE_SAVEPOINT, insert_new_rows, one_of
@@ -895,22 +896,23 @@ _NOT_MARKED_BY = select(_OUTBOX.c.id).where(
     ),
 )
 """Of these rows, those this sender did not mark sent (another took them over)."""
-_SENT = (
-    func.unnest(
-        bindparam("row_ids", type_=postgresql.ARRAY(Integer)),
-        bindparam("firsts", type_=postgresql.ARRAY(BigInteger)),
+
+
+def _pairs(name: str, ids: tuple[str, str], numbers: tuple[str, str]) -> TableValuedAlias:
+    """PostgreSQL: the table `name` of pairs (`ids[1]`, `numbers[1]`) from two arrays passed
+    side by side, the parameters `ids[0]` (integers) and `numbers[0]` (big integers)."""
+    return (
+        func.unnest(
+            bindparam(ids[0], type_=postgresql.ARRAY(Integer)),
+            bindparam(numbers[0], type_=postgresql.ARRAY(BigInteger)),
+        )
+        .table_valued(ids[1], numbers[1])
+        .render_derived(name=name)
     )
-    .table_valued("row_id", "first")
-    .render_derived(name="sent")
-)
-_SHOWN = (
-    func.unnest(
-        bindparam("client_ids", type_=postgresql.ARRAY(Integer)),
-        bindparam("message_ids", type_=postgresql.ARRAY(BigInteger)),
-    )
-    .table_valued("client_id", "message_id")
-    .render_derived(name="shown")
-)
+
+
+_SENT = _pairs("sent", ("row_ids", "row_id"), ("firsts", "first"))
+_SHOWN = _pairs("shown", ("client_ids", "client_id"), ("message_ids", "message_id"))
 _MARKED = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id == _SENT.c.row_id, _CLAIMED_BY_ME)
