@@ -133,6 +133,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"unsupported database {describe_url(url)}: use sqlite or postgresql+psycopg"
         ) from None
     _ping_when_idle(engine)
+    _begin_with_first_statement(engine)
     return engine
 
 
@@ -168,6 +169,53 @@ def _ping_when_idle(engine: Engine) -> None:
 
     event.listen(engine, "checkout", checkout)
     event.listen(engine, "checkin", checkin)
+
+
+BEGIN_WITH_FIRST = "aftercare.begin_with_first"
+PIPELINED_BEGIN: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", BEGIN_WITH_FIRST: True}
+"""PostgreSQL: `Session.connection(execution_options=PIPELINED_BEGIN)` at the start of a
+transaction sends its BEGIN together with its first statement (one round trip less;
+`_begin_with_first_statement`)."""
+
+
+def _begin_with_first_statement(engine: Engine) -> None:
+    """On a connection with `PIPELINED_BEGIN`, the transaction's BEGIN goes to PostgreSQL in
+    the same write as its first statement (psycopg's pipeline mode), and both answers come
+    back together: one round trip where psycopg's own BEGIN costs two. psycopg is in
+    autocommit mode there, so it begins nothing itself; every statement that finds the
+    connection outside a transaction is preceded by a BEGIN, whichever way SQLAlchemy runs
+    it, and COMMIT and ROLLBACK end the transaction as always."""
+    from psycopg.pq import TransactionStatus
+
+    def outside(cursor: Any, context: Any) -> bool:
+        return bool(
+            context is not None
+            and context.execution_options.get(BEGIN_WITH_FIRST)
+            and cursor.connection.info.transaction_status == TransactionStatus.IDLE
+        )
+
+    def execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        if not outside(cursor, context):
+            return False
+        connection = cursor.connection
+        with connection.pipeline():
+            connection.execute(b"BEGIN", prepare=False)
+            cursor.execute(statement, parameters)
+        return True
+
+    def executemany(cursor: Any, _statement: str, _parameters: Any, context: Any) -> bool:
+        if outside(cursor, context):
+            cursor.connection.execute(b"BEGIN", prepare=False)
+        return False
+
+    def execute_no_params(cursor: Any, _statement: str, context: Any) -> bool:
+        if outside(cursor, context):
+            cursor.connection.execute(b"BEGIN", prepare=False)
+        return False
+
+    event.listen(engine, "do_execute", execute)
+    event.listen(engine, "do_executemany", executemany)
+    event.listen(engine, "do_execute_no_params", execute_no_params)
 
 
 BEFORE_SAVEPOINT = "aftercare.before_savepoint"

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select, text
+from sqlalchemy.exc import IntegrityError
 
 from care.context import Care
-from care.db import check_schema, insert_new, make_engine, open_connections
+from care.db import (
+    PIPELINED_BEGIN,
+    check_schema,
+    insert_new,
+    make_engine,
+    make_sessionmaker,
+    open_connections,
+)
 from care.errors import DatabaseUnavailable, SchemaOutdated
 from care.models import ProcessedUpdate, utcnow
 
@@ -191,3 +202,122 @@ def test_connections_opened_at_start_wait_in_the_pool(care_ctx: Care) -> None:
     open_connections(care_ctx.engine, 3)
     pool = care_ctx.engine.pool
     assert pool.checkedin() == 3, "open, and ready for the first turns"  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _pg_engine_tracing(url: str, trace: Path) -> Iterator[Engine]:
+    """An engine whose one pooled connection writes psycopg's protocol trace to `trace`."""
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    handles: list[IO[str]] = []
+
+    @event.listens_for(engine, "connect")
+    def _trace(dbapi_connection: Any, _record: Any) -> None:
+        from psycopg import pq
+
+        handles.append(trace.open("a"))
+        dbapi_connection.pgconn.trace(handles[-1].fileno())
+        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        for handle in handles:
+            handle.close()
+
+
+def _round_trips(trace: Path) -> int:
+    """How many times the client waited for the server: each Sync (the end of one or more
+    statements) and each simple Query (psycopg's COMMIT) is one round trip."""
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    return sum(1 for fields in sent if fields[0] == "F" and fields[2] in ("Sync", "Query"))
+
+
+@pytest.mark.postgres
+def test_a_pipelined_begin_goes_with_the_first_statement_and_the_transaction_holds(
+    pg_database: str, tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace.txt"
+    with _pg_engine_tracing(pg_database, trace) as engine:
+        sessions = make_sessionmaker(engine)
+        with engine.connect():
+            trace.write_text("")  # what opening the connection sent is not counted
+        with sessions.begin() as session:
+            session.connection(execution_options=PIPELINED_BEGIN)
+            session.add(ProcessedUpdate(update_id=1, processed_at=utcnow()))
+            session.flush()  # the first statement: BEGIN goes with it
+            session.add(ProcessedUpdate(update_id=2, processed_at=utcnow()))
+        assert _round_trips(trace) == 3, "BEGIN + INSERT, INSERT, COMMIT: three round trips"
+
+        trace.write_text("")
+        with sessions.begin() as session:  # psycopg's own BEGIN, as before
+            session.add(ProcessedUpdate(update_id=3, processed_at=utcnow()))
+            session.flush()
+            session.add(ProcessedUpdate(update_id=4, processed_at=utcnow()))
+        assert _round_trips(trace) == 4, "the connection went back to the pool as it came"
+
+        with pytest.raises(RuntimeError), sessions.begin() as session:
+            session.connection(execution_options=PIPELINED_BEGIN)
+            session.add(ProcessedUpdate(update_id=5, processed_at=utcnow()))
+            session.flush()
+            session.execute(text("SELECT 1"))
+            raise RuntimeError("the turn failed")
+        with sessions() as session:
+            stored = session.scalars(
+                select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id < 10)
+            ).all()
+        assert sorted(stored) == [1, 2, 3, 4], "the failed transaction left nothing"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first", ["with parameters", "without parameters", "many rows"])
+def test_a_pipelined_transaction_rolls_back_whatever_its_first_statement(
+    pg_database: str, first: str
+) -> None:
+    engine = make_engine(pg_database)
+    sessions = make_sessionmaker(engine)
+    marked = "INSERT INTO processed_updates (update_id, processed_at) VALUES (90, now())"
+    try:
+        with pytest.raises(RuntimeError), sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            if first == "with parameters":
+                connection.execute(
+                    text("INSERT INTO processed_updates VALUES (:id, now())"), {"id": 90}
+                )
+            elif first == "without parameters":
+                connection.execution_options(no_parameters=True).exec_driver_sql(marked)
+            else:
+                connection.execute(
+                    text("INSERT INTO processed_updates VALUES (:id, now())"),
+                    [{"id": 90}, {"id": 91}],
+                )
+            raise RuntimeError("the turn failed")
+        with sessions() as session:
+            left = session.scalars(
+                select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id.in_([90, 91]))
+            ).all()
+        assert left == [], "inside the transaction, undone"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pipelined_first_statement_that_fails_is_reported_and_the_connection_serves_on(
+    pg_database: str,
+) -> None:
+    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            session.add(ProcessedUpdate(update_id=70, processed_at=utcnow()))
+        with pytest.raises(IntegrityError), sessions.begin() as session:
+            session.connection(execution_options=PIPELINED_BEGIN)
+            session.add(ProcessedUpdate(update_id=70, processed_at=utcnow()))  # a duplicate
+            session.flush()
+        with sessions.begin() as session:
+            session.connection(execution_options=PIPELINED_BEGIN)
+            session.add(ProcessedUpdate(update_id=71, processed_at=utcnow()))
+        with sessions() as session:
+            assert session.get(ProcessedUpdate, 71) is not None
+    finally:
+        engine.dispose()
