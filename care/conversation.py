@@ -855,6 +855,7 @@ class ConversationService:
                 "duress",
                 now=now,
             )
+            self._end_quietly(session, client)
             log.warning("duress.raised client=%s update=%s", client.id, inbound.update_id)
             return
         if inbound.kind == "unsupported":
@@ -903,6 +904,16 @@ class ConversationService:
             step.session.flow,
             len(step.events),
         )
+
+    def _end_quietly(self, session: Session, client: Client) -> None:
+        """After her duress word: the question she was asked is dropped, so that nothing
+        follows up on her screen (its time-out's message, the question asked again) for
+        whoever reads along; her next message starts afresh, and old buttons are stale."""
+        state = self._load(session, client)
+        if state.session is None or not state.session.waiting:
+            return
+        state.session = self._idle(client.language, state.session.turn + 1)
+        self._save(session, client, state)
 
     def _is_duress(self, session: Session, client: Client, text: str) -> bool:
         ahead = session.info.get(_DURESS_AHEAD)

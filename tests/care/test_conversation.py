@@ -520,6 +520,31 @@ async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: 
     assert world.pending() == [] and her_escalations(world) == ["safety_check_no_answer"]
 
 
+async def test_after_her_duress_word_nothing_she_was_asked_follows_up_on_her_screen(
+    world: World,
+) -> None:
+    """She is in the safety check ("shall I alert Anna?", 30 minutes to answer) when she has
+    to send the duress word: whoever reads along sees an ordinary reply, and after it neither
+    the question's time-out ("I have alerted Anna") nor the question asked again."""
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        her = session.get_one(Client, world.client_id)
+        org = session.get_one(Organisation, her.org_id)
+        directory.set_duress_word(session, world.care.keyring, org, "paraplu", "test")
+    assert await world.service.start_flow(world.client_id, "safety_check")
+    world.to_client()
+    await world.text("paraplu")
+    assert [sent.text for sent in world.to_client()] == ["Oké, top! 👍"]
+    assert her_escalations(world) == ["duress"]
+    assert ["STIL ALARM" in alert.text for alert in world.to_worker()] == [True]
+    world.clock.advance(timedelta(hours=2))
+    assert await world.service.fire_timeouts() == 0
+    assert world.pending() == [] and her_escalations(world) == ["duress"]
+    await world.text("hoi")
+    said = " ".join(sent.text for sent in world.to_client())
+    assert "seintje" not in said and "Anna" not in said, said
+
+
 def break_time_outs(monkeypatch: pytest.MonkeyPatch) -> None:
     """What follows an unanswered question fails (a fault in the engine or the content)."""
     real = dialogues.resume
