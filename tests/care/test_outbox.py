@@ -7,11 +7,12 @@ it was asked to deliver and raises scripted channel errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -126,6 +127,20 @@ async def run_until_idle(sender: OutboxSender, timeout: float = 10.0) -> None:  
         await sender.stop(flush=False)
 
 
+@contextlib.asynccontextmanager
+async def stopping(sender: OutboxSender, *, flush: bool = True) -> AsyncIterator[OutboxSender]:
+    """Stop the sender when the block ends, also when an assertion in it fails: left running,
+    it would go on sending into the next test. A sender the block stopped itself, or one that
+    never started, is left as it is (its `stop` then does nothing). `flush` as for `stop`;
+    after a failure nothing is flushed, so that a stuck sender does not hold up the report."""
+    failed = True
+    try:
+        yield sender
+        failed = False
+    finally:
+        await sender.stop(flush=flush and not failed)
+
+
 async def test_critical_then_replies_then_notices_then_reminders(
     care_ctx: Care, people: People
 ) -> None:
@@ -230,8 +245,8 @@ async def test_a_passing_fault_is_retried_with_backoff_and_sent_once(
     await run_until_idle(OutboxSender(care_ctx, channel, options=FAST))
     sender = OutboxSender(care_ctx, channel, options=FAST)
     await sender.start()
-    await channel.wait_for(1)
-    await sender.stop()
+    async with stopping(sender):
+        await channel.wait_for(1)
     assert channel.attempts == [row_id] * 3
     assert channel.delivered_ids() == [row_id]
     done = row(care_ctx, row_id)
@@ -252,10 +267,8 @@ async def test_a_message_held_for_later_does_not_hold_up_what_is_due_now(
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=FAST)
     await sender.start()
-    try:
+    async with stopping(sender):
         await channel.wait_for(1)
-    finally:
-        await sender.stop()
     assert channel.delivered_ids() == [reply]
     assert row(care_ctx, held).status is OutboxStatus.PENDING
 
@@ -286,8 +299,8 @@ async def test_the_error_code_is_kept_never_the_text(care_ctx: Care, people: Peo
         care_ctx, channel, options=SenderOptions(poll_seconds=0.05, backoff_base_seconds=30)
     )
     await sender.start()
-    await asyncio.sleep(0.4)
-    await sender.stop(flush=False)
+    async with stopping(sender, flush=False):
+        await asyncio.sleep(0.4)
     waiting = row(care_ctx, row_id)
     assert waiting.status is OutboxStatus.PENDING
     assert waiting.last_error == "transient" and waiting.attempts == 1
@@ -318,8 +331,8 @@ async def test_a_chat_limit_pauses_only_that_person(care_ctx: Care, people: Peop
     started = time.monotonic()
     sender = OutboxSender(care_ctx, channel, options=dataclasses.replace(FAST, max_in_flight=1))
     await sender.start()
-    await channel.wait_for(2)
-    await sender.stop()
+    async with stopping(sender):
+        await channel.wait_for(2)
     times = {m.outbox_id: t - started for t, m in channel.deliveries}
     assert times[second] < 0.5 <= 0.95 <= times[first]
 
@@ -400,9 +413,9 @@ async def test_a_restarted_sender_takes_over_expired_claims(care_ctx: Care, peop
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=FAST)
     await sender.start()
-    await channel.wait_for(2)
-    await asyncio.sleep(0.3)
-    await sender.stop(flush=False)
+    async with stopping(sender, flush=False):
+        await channel.wait_for(2)
+        await asyncio.sleep(0.3)
     assert sorted(channel.delivered_ids()) == sorted([claimed, alert])
     assert row(care_ctx, in_flight).last_error == UNCONFIRMED
     assert row(care_ctx, fresh_claim).status is OutboxStatus.SENDING  # not ours to take
@@ -418,11 +431,11 @@ async def test_two_senders_deliver_every_row_exactly_once(care_ctx: Care) -> Non
         OutboxSender(care_ctx, channel, options=options),
         OutboxSender(care_ctx, channel, options=options),
     )
-    await one.start()
-    await two.start()
-    await channel.wait_for(len(ids), timeout=30)
-    await one.stop()
-    await two.stop()
+    # Started inside the block: should the second fail to start, the first is still stopped.
+    async with stopping(one), stopping(two):
+        await one.start()
+        await two.start()
+        await channel.wait_for(len(ids), timeout=30)
     assert sorted(channel.delivered_ids()) == sorted(ids)
     # Order per person held even with two senders.
     for c in people.client_ids:
@@ -444,11 +457,11 @@ async def _waiting_sender(care: Care, channel: FakeChannel) -> OutboxSender:
 async def test_wake_sends_a_reply_at_once(care_ctx: Care, people: People) -> None:
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    put(care_ctx, ("client", people.client_ids[0]), "antwoord")
-    woken = time.monotonic()
-    sender.wake()
-    await channel.wait_for(1, timeout=2)
-    await sender.stop()
+    async with stopping(sender):
+        put(care_ctx, ("client", people.client_ids[0]), "antwoord")
+        woken = time.monotonic()
+        sender.wake()
+        await channel.wait_for(1, timeout=2)
     assert channel.deliveries[0][0] - woken < 0.5
 
 
@@ -460,12 +473,12 @@ async def test_an_alert_overtakes_a_full_queue_of_reminders(care_ctx: Care) -> N
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=5, batch_size=40))
     await sender.start()
-    await channel.wait_for(5)
-    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
-    raised = time.monotonic()
-    sender.wake()
-    await channel.wait_for(len(people.client_ids) + 1, timeout=20)
-    await sender.stop()
+    async with stopping(sender):
+        await channel.wait_for(5)
+        alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+        raised = time.monotonic()
+        sender.wake()
+        await channel.wait_for(len(people.client_ids) + 1, timeout=20)
     at = channel.delivered_ids().index(alert)
     assert channel.deliveries[at][0] - raised < 0.5
     assert at < 5 + 5  # it did not wait behind the batch already claimed
@@ -490,8 +503,8 @@ async def test_stop_hands_back_claimed_rows(care_ctx: Care) -> None:
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=FAST)
     await sender.start()
-    await channel.wait_for(2)
-    await sender.stop(flush=False)
+    async with stopping(sender, flush=False):  # what follows reads what the stop handed back
+        await channel.wait_for(2)
     with care_ctx.sessions() as session:
         statuses = {r.id: r.status for r in session.scalars(select(OutboxMessage)) if r.id in ids}
     sent = set(channel.delivered_ids())
@@ -785,9 +798,9 @@ async def test_a_message_sent_after_its_row_was_taken_over_is_still_recorded_for
     channel = FakeChannel(hook=take_over)
     sender = OutboxSender(care_ctx, channel, options=FAST)
     await sender.start()
-    await channel.wait_for(2)
-    assert await sender.idle(5)
-    await sender.stop(flush=False)
+    async with stopping(sender, flush=False):
+        await channel.wait_for(2)
+        assert await sender.idle(5)
     assert sorted(channel.delivered_ids()) == [taken, kept]
     assert row(care_ctx, kept).status is OutboxStatus.SENT
     assert row(care_ctx, kept).channel_message_id is not None
@@ -828,17 +841,17 @@ async def test_a_turn_hands_its_replies_over_without_a_claim(
 ) -> None:
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    claims: list[int] = []
-    real_claim = sender._claim
-    monkeypatch.setattr(sender, "_claim", lambda *a: claims.append(1) or real_claim(*a))
-    began = time.monotonic()
-    ids = _turn(care_ctx, sender, people.client_ids[0], "een", "twee")  # no wake()
-    await channel.wait_for(2, timeout=2)
-    await asyncio.sleep(0.1)
-    assert channel.deliveries[0][0] - began < 0.5
-    assert channel.delivered_ids() == ids, "in the order they were written"
-    assert claims == [], "no claim: nothing else was waiting"
-    await sender.stop()
+    async with stopping(sender):
+        claims: list[int] = []
+        real_claim = sender._claim
+        monkeypatch.setattr(sender, "_claim", lambda *a: claims.append(1) or real_claim(*a))
+        began = time.monotonic()
+        ids = _turn(care_ctx, sender, people.client_ids[0], "een", "twee")  # no wake()
+        await channel.wait_for(2, timeout=2)
+        await asyncio.sleep(0.1)
+        assert channel.deliveries[0][0] - began < 0.5
+        assert channel.delivered_ids() == ids, "in the order they were written"
+        assert claims == [], "no claim: nothing else was waiting"
     assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
 
 
@@ -849,12 +862,12 @@ async def test_a_turns_reply_goes_to_the_channel_in_the_loops_next_round(
     loop: under load each round waits behind every other callback, and she waits with it."""
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
-    sender.adopt(taken)  # on the loop's thread, as after the turn's commit
-    await asyncio.sleep(0)
-    went_at_once = list(channel.attempts)
-    await channel.wait_for(2, timeout=3)
-    await sender.stop()
+    async with stopping(sender):
+        ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+        sender.adopt(taken)  # on the loop's thread, as after the turn's commit
+        await asyncio.sleep(0)
+        went_at_once = list(channel.attempts)
+        await channel.wait_for(2, timeout=3)
     assert went_at_once == ids[:1], "the first reply was with the channel already"
     assert channel.delivered_ids() == ids
     assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
@@ -866,14 +879,14 @@ async def test_a_turns_reply_keeps_her_chats_pace(care_ctx: Care, people: People
         care_ctx, channel := FakeChannel(), options=SenderOptions(poll_seconds=30)
     )
     await sender.start()
-    await asyncio.sleep(0.1)
-    she, other = people.client_ids[:2]
-    first = _turn(care_ctx, sender, she, "een")
-    await channel.wait_for(1, timeout=3)
-    second = _turn(care_ctx, sender, she, "twee")
-    third = _turn(care_ctx, sender, other, "ander")
-    await channel.wait_for(3, timeout=3)
-    await sender.stop()
+    async with stopping(sender):
+        await asyncio.sleep(0.1)
+        she, other = people.client_ids[:2]
+        first = _turn(care_ctx, sender, she, "een")
+        await channel.wait_for(1, timeout=3)
+        second = _turn(care_ctx, sender, she, "twee")
+        third = _turn(care_ctx, sender, other, "ander")
+        await channel.wait_for(3, timeout=3)
     at = {m.outbox_id: t for t, m in channel.deliveries}
     assert at[second[0]] - at[first[0]] >= 0.45, "2 a second in her chat, with headroom"
     assert at[third[0]] < at[second[0]], "another girl does not wait behind her"
@@ -886,16 +899,16 @@ async def test_an_alert_waiting_for_the_overall_limit_goes_before_a_turns_reply(
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
     await sender.start()
-    await asyncio.sleep(0.1)
-    filler = put(care_ctx, ("client", people.client_ids[1]), "eerder")
-    sender.wake()
-    await channel.wait_for(1, timeout=3)  # the overall limit's token is spent
-    alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
-    sender.wake()
-    await asyncio.sleep(0.1)  # claimed and armed; waits for the next token
-    reply = _turn(care_ctx, sender, people.client_ids[0], "antwoord")
-    await channel.wait_for(3, timeout=5)
-    await sender.stop()
+    async with stopping(sender):
+        await asyncio.sleep(0.1)
+        filler = put(care_ctx, ("client", people.client_ids[1]), "eerder")
+        sender.wake()
+        await channel.wait_for(1, timeout=3)  # the overall limit's token is spent
+        alert = put(care_ctx, ("worker", people.worker_id), "ALARM", OutboxPriority.CRITICAL)
+        sender.wake()
+        await asyncio.sleep(0.1)  # claimed and armed; waits for the next token
+        reply = _turn(care_ctx, sender, people.client_ids[0], "antwoord")
+        await channel.wait_for(3, timeout=5)
     assert channel.delivered_ids() == [filler, alert, *reply]
 
 
@@ -906,29 +919,29 @@ async def test_a_turns_alert_to_her_worker_goes_before_her_reply_written_first(
     channel = FakeChannel()
     sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=30))
     await sender.start()
-    await asyncio.sleep(0.1)
-    she = people.client_ids[0]
-    with collecting() as written, care_ctx.sessions() as session, session.begin():
-        client = session.get(Client, she)
-        worker = session.get(Worker, people.worker_id)
-        assert client is not None and worker is not None
-        reply = enqueue(
-            session, care_ctx.vault, client, {"type": "text", "text": "hoi"}, kind="reply"
-        )
-        alert = enqueue(
-            session,
-            care_ctx.vault,
-            worker,
-            {"type": "text", "text": "ALARM"},
-            kind="alert",
-            priority=OutboxPriority.CRITICAL,
-            client_id=she,
-        )
-        taken = sender.take(session, written)
-        write(session, written)
-    sender.adopt(taken)
-    await channel.wait_for(2, timeout=3)
-    await sender.stop()
+    async with stopping(sender):
+        await asyncio.sleep(0.1)
+        she = people.client_ids[0]
+        with collecting() as written, care_ctx.sessions() as session, session.begin():
+            client = session.get(Client, she)
+            worker = session.get(Worker, people.worker_id)
+            assert client is not None and worker is not None
+            reply = enqueue(
+                session, care_ctx.vault, client, {"type": "text", "text": "hoi"}, kind="reply"
+            )
+            alert = enqueue(
+                session,
+                care_ctx.vault,
+                worker,
+                {"type": "text", "text": "ALARM"},
+                kind="alert",
+                priority=OutboxPriority.CRITICAL,
+                client_id=she,
+            )
+            taken = sender.take(session, written)
+            write(session, written)
+        sender.adopt(taken)
+        await channel.wait_for(2, timeout=3)
     assert channel.delivered_ids() == [alert.id, reply.id]
 
 
@@ -938,29 +951,33 @@ async def test_a_turns_replies_are_written_once_already_taken(
     """The replies are INSERTed once, written claimed and (the first) marked in flight: no UPDATE
     of the outbox in the turn, and no commit of its own before it goes."""
     channel = FakeChannel()
-    sender = await _waiting_sender(care_ctx, channel)
     statements: list[str] = []
 
     def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         statements.append(statement.split()[0] + " " + statement.split()[2])
 
-    event.listen(care_ctx.engine, "before_cursor_execute", seen)
-    try:
-        ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
-    finally:
-        event.remove(care_ctx.engine, "before_cursor_execute", seen)
-    assert "INSERT outbox" in statements, statements  # one per row, or one for both
-    assert not [s for s in statements if s.startswith("UPDATE")], statements
-    first, second = (row(care_ctx, i) for i in ids)
-    assert (first.status, first.last_error, first.attempts) == (
-        OutboxStatus.SENDING,
-        IN_FLIGHT,
-        1,
-    )
-    assert (second.status, second.last_error, second.attempts) == (OutboxStatus.SENDING, None, 0)
-    sender.adopt(taken)
-    await channel.wait_for(2, timeout=3)
-    await sender.stop()
+    sender = await _waiting_sender(care_ctx, channel)
+    async with stopping(sender):
+        event.listen(care_ctx.engine, "before_cursor_execute", seen)
+        try:
+            ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+        finally:
+            event.remove(care_ctx.engine, "before_cursor_execute", seen)
+        assert "INSERT outbox" in statements, statements  # one per row, or one for both
+        assert not [s for s in statements if s.startswith("UPDATE")], statements
+        first, second = (row(care_ctx, i) for i in ids)
+        assert (first.status, first.last_error, first.attempts) == (
+            OutboxStatus.SENDING,
+            IN_FLIGHT,
+            1,
+        )
+        assert (second.status, second.last_error, second.attempts) == (
+            OutboxStatus.SENDING,
+            None,
+            0,
+        )
+        sender.adopt(taken)
+        await channel.wait_for(2, timeout=3)
     assert channel.delivered_ids() == ids
 
 
@@ -972,31 +989,33 @@ async def test_a_taken_row_settled_in_the_turn_is_stored_settled_and_the_next_on
     are stored, and only the next row goes out."""
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    she = people.client_ids[0]
-    with collecting() as written:
-        with care_ctx.sessions() as session, session.begin():
-            client = session.get(Client, she)
-            assert client is not None
-            past = datetime.now(UTC) - timedelta(minutes=1)
-            text = {"type": "text", "text": "te laat"}
-            enqueue(session, care_ctx.vault, client, text, kind="reply", expires_at=past)
-            enqueue(session, care_ctx.vault, client, {"type": "text", "text": "nu"}, kind="reply")
-            taken = sender.take(session, written)
-            write(session, written)
-        late, now = (r.id for r in written)
-    stale, marked = row(care_ctx, late), row(care_ctx, now)
-    assert (stale.status, stale.last_error) == (OutboxStatus.CANCELLED, SKIP_EXPIRED)
-    assert (marked.status, marked.last_error, marked.attempts) == (
-        OutboxStatus.SENDING,
-        IN_FLIGHT,
-        1,
-    )
-    with care_ctx.sessions() as session:
-        assert [s.reason for s in skipped_sends(session, she)] == [SKIP_EXPIRED]
-    sender.adopt(taken)
-    await channel.wait_for(1, timeout=3)
-    await asyncio.sleep(0.1)
-    await sender.stop()
+    async with stopping(sender):
+        she = people.client_ids[0]
+        with collecting() as written:
+            with care_ctx.sessions() as session, session.begin():
+                client = session.get(Client, she)
+                assert client is not None
+                past = datetime.now(UTC) - timedelta(minutes=1)
+                text = {"type": "text", "text": "te laat"}
+                enqueue(session, care_ctx.vault, client, text, kind="reply", expires_at=past)
+                enqueue(
+                    session, care_ctx.vault, client, {"type": "text", "text": "nu"}, kind="reply"
+                )
+                taken = sender.take(session, written)
+                write(session, written)
+            late, now = (r.id for r in written)
+        stale, marked = row(care_ctx, late), row(care_ctx, now)
+        assert (stale.status, stale.last_error) == (OutboxStatus.CANCELLED, SKIP_EXPIRED)
+        assert (marked.status, marked.last_error, marked.attempts) == (
+            OutboxStatus.SENDING,
+            IN_FLIGHT,
+            1,
+        )
+        with care_ctx.sessions() as session:
+            assert [s.reason for s in skipped_sends(session, she)] == [SKIP_EXPIRED]
+        sender.adopt(taken)
+        await channel.wait_for(1, timeout=3)
+        await asyncio.sleep(0.1)
     assert channel.delivered_ids() == [now]
     assert row(care_ctx, now).status is OutboxStatus.SENT
 
@@ -1006,13 +1025,13 @@ async def test_a_reply_behind_an_older_open_row_is_left_to_the_claim(
 ) -> None:
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    she = people.client_ids[0]
-    older = put(care_ctx, ("client", she), "herinnering", OutboxPriority.REMINDER)
-    (reply,) = _turn(care_ctx, sender, she, "antwoord")
-    assert row(care_ctx, reply).status is OutboxStatus.PENDING, "not taken over"
-    sender.wake()
-    await channel.wait_for(2, timeout=3)
-    await sender.stop()
+    async with stopping(sender):
+        she = people.client_ids[0]
+        older = put(care_ctx, ("client", she), "herinnering", OutboxPriority.REMINDER)
+        (reply,) = _turn(care_ctx, sender, she, "antwoord")
+        assert row(care_ctx, reply).status is OutboxStatus.PENDING, "not taken over"
+        sender.wake()
+        await channel.wait_for(2, timeout=3)
     assert channel.delivered_ids() == [reply, older], "the claim's order: a reply first"
 
 
@@ -1022,19 +1041,19 @@ async def test_a_turn_that_rolls_back_hands_over_nothing(care_ctx: Care, people:
     sender = OutboxSender(care_ctx, channel, options=SenderOptions(poll_seconds=0.05))
     await sender.start()
     adopted: list[object] = []
-    with (
-        pytest.raises(RuntimeError),
-        collecting() as written,
-        care_ctx.sessions() as session,
-        session.begin(),
-    ):
-        client = session.get(Client, people.client_ids[0])
-        assert client is not None
-        enqueue(session, care_ctx.vault, client, {"type": "text", "text": "x"}, kind="reply")
-        adopted.extend(sender.take(session, written))
-        raise RuntimeError("the turn failed")
-    await asyncio.sleep(0.3)
-    await sender.stop()
+    async with stopping(sender):
+        with (
+            pytest.raises(RuntimeError),
+            collecting() as written,
+            care_ctx.sessions() as session,
+            session.begin(),
+        ):
+            client = session.get(Client, people.client_ids[0])
+            assert client is not None
+            enqueue(session, care_ctx.vault, client, {"type": "text", "text": "x"}, kind="reply")
+            adopted.extend(sender.take(session, written))
+            raise RuntimeError("the turn failed")
+        await asyncio.sleep(0.3)
     assert len(adopted) == 1, "taken inside the transaction..."
     assert channel.deliveries == [], "...but never adopted, so never sent"
     with care_ctx.sessions() as session:
@@ -1101,12 +1120,12 @@ async def test_rows_handed_over_do_not_keep_older_rows_from_being_claimed(
     options = SenderOptions(poll_seconds=0.2, batch_size=2, max_in_flight=1)
     sender = OutboxSender(care_ctx, channel, options=options)
     await sender.start()
-    await asyncio.sleep(0.1)
-    older = put(care_ctx, ("client", people.client_ids[3]), "herinnering")  # no wake
-    for she in people.client_ids[:3]:
-        _turn(care_ctx, sender, she, "een", "twee", "drie")
-    await channel.wait_for(10, timeout=10)
-    await sender.stop()
+    async with stopping(sender):
+        await asyncio.sleep(0.1)
+        older = put(care_ctx, ("client", people.client_ids[3]), "herinnering")  # no wake
+        for she in people.client_ids[:3]:
+            _turn(care_ctx, sender, she, "een", "twee", "drie")
+        await channel.wait_for(10, timeout=10)
     assert channel.delivered_ids().index(older) < 6, "claimed beside the handed-over rows"
 
 
@@ -1115,16 +1134,18 @@ async def test_a_turns_first_reply_is_marked_in_flight_with_the_turn(
 ) -> None:
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    commits = sender._commits
-    assert commits is not None
-    before = commits.commits
-    (first, second), taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "a", "b")
-    marked = row(care_ctx, first)
-    assert (marked.last_error, marked.attempts) == (IN_FLIGHT, 1), "committed with the turn"
-    assert row(care_ctx, second).last_error is None, "the next one waits for the first"
-    sender.adopt(taken)
-    await channel.wait_for(2, timeout=3)
-    await sender.stop()
+    async with stopping(sender):
+        commits = sender._commits
+        assert commits is not None
+        before = commits.commits
+        (first, second), taken = _written_by_a_turn(
+            care_ctx, sender, people.client_ids[0], "a", "b"
+        )
+        marked = row(care_ctx, first)
+        assert (marked.last_error, marked.attempts) == (IN_FLIGHT, 1), "committed with the turn"
+        assert row(care_ctx, second).last_error is None, "the next one waits for the first"
+        sender.adopt(taken)
+        await channel.wait_for(2, timeout=3)
     assert channel.delivered_ids() == [first, second]
     assert [row(care_ctx, i).last_error for i in (first, second)] == [None, None]
     assert commits.commits - before <= 3, "the first reply's mark took no commit of its own"
@@ -1135,11 +1156,14 @@ async def test_replies_taken_while_the_sender_stops_are_handed_back_and_sent_lat
 ) -> None:
     channel = FakeChannel()
     sender = await _waiting_sender(care_ctx, channel)
-    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
-    stopping = asyncio.create_task(sender.stop(flush=False))
-    await asyncio.sleep(0)  # the stop has begun when the turn's commit arrives
-    sender.adopt(taken)
-    await stopping
+    # The stop under test is the one inside; the block's stop then does nothing (it is there
+    # for a turn that fails before it).
+    async with stopping(sender, flush=False):
+        ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[0], "een", "twee")
+        stop = asyncio.create_task(sender.stop(flush=False))
+        await asyncio.sleep(0)  # the stop has begun when the turn's commit arrives
+        sender.adopt(taken)
+        await stop
     deadline = time.monotonic() + 3
     while any(row(care_ctx, i).status is not OutboxStatus.PENDING for i in ids):
         assert time.monotonic() < deadline, "handed back"
@@ -1160,10 +1184,12 @@ def test_replies_taken_after_the_event_loop_closed_are_handed_back(
     fast_limits(care_ctx)
     sender = OutboxSender(care_ctx, FakeChannel(), options=SenderOptions(poll_seconds=30))
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(sender.start())
-    ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[1], "hoi")
-    loop.run_until_complete(sender.stop(flush=False))
-    loop.close()
+    try:
+        loop.run_until_complete(sender.start())
+        ids, taken = _written_by_a_turn(care_ctx, sender, people.client_ids[1], "hoi")
+    finally:  # stopped and closed also when the turn fails
+        loop.run_until_complete(sender.stop(flush=False))
+        loop.close()
     sender.adopt(taken)  # from a turn's thread, after the loop closed
     (reply,) = ids
     assert row(care_ctx, reply).status is OutboxStatus.PENDING
