@@ -203,15 +203,18 @@ def _begin_with_first_statement(engine: Engine) -> None:
             cursor.execute(statement, parameters)
         return True
 
-    def executemany(cursor: Any, _statement: str, _parameters: Any, context: Any) -> bool:
+    def begin_first(cursor: Any, context: Any) -> bool:
+        """The other ways to run a statement: a BEGIN of its own first; SQLAlchemy then runs
+        the statement as always (False: not run here)."""
         if outside(cursor, context):
             cursor.connection.execute(b"BEGIN", prepare=False)
         return False
 
+    def executemany(cursor: Any, _statement: str, _parameters: Any, context: Any) -> bool:
+        return begin_first(cursor, context)
+
     def execute_no_params(cursor: Any, _statement: str, context: Any) -> bool:
-        if outside(cursor, context):
-            cursor.connection.execute(b"BEGIN", prepare=False)
-        return False
+        return begin_first(cursor, context)
 
     event.listen(engine, "do_execute", execute)
     event.listen(engine, "do_executemany", executemany)
