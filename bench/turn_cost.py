@@ -140,9 +140,9 @@ async def _measure(url: str, clients: int, rounds: int, baseline: bool) -> Figur
                 figures.trace.append("    " + " ".join(statement.split())[:TRACE_WIDTH])
 
     def began(conn: Connection) -> None:
-        options = conn.get_execution_options()
         if not counting:
             return
+        options = conn.get_execution_options()
         if options.get(BEGIN_WITH_FIRST):
             figures.transactions += 1
             figures.pipelined += 1
