@@ -48,8 +48,10 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -281,8 +283,8 @@ def bench_care(url: str, clients: int) -> Care:
     from care.context import Care
     from care.crypto import keyring_from_set, new_key_set
     from care.db import make_engine, make_sessionmaker
-    from care.models import Worker
-    from care.settings import DEFAULT_CONFIG, RateLimits, load_settings
+    from care.models import Client, Worker
+    from care.settings import DEFAULT_CONFIG, WEEKDAYS, RateLimits, load_settings
     from care.vault import Vault
 
     base = load_settings(DEFAULT_CONFIG, environ={})
@@ -298,11 +300,18 @@ def bench_care(url: str, clients: int) -> Care:
         issued = directory.add_worker(session, care.vault, org.name, "Anna")
         worker = session.get(Worker, issued.id)
         assert worker is not None
+        # Her scheduled check-ins (mon,thu 16:00 by default) must not fall inside a run: on
+        # those days at 16:00, 200 check-ins at once put a message before each girl's reply.
+        # Hers are on one weekday only, three days from today: past the end of any run.
+        away = datetime.now(ZoneInfo("Europe/Amsterdam")) + timedelta(days=3)
         for n in range(clients):
             invited = directory.invite_client(
                 session, care.vault, worker, alias=f"girl-{n}", language="nl"
             )
             directory.link_chat(session, care.vault, invited.code, FIRST_CHAT + n)
+            client = session.get(Client, invited.id)
+            assert client is not None
+            client.checkin_days = WEEKDAYS[away.weekday()]
     return care
 
 
@@ -463,6 +472,13 @@ def main() -> None:
             print(
                 f"{name}: {figures['gc_full']} full garbage collections while serving, "
                 f"the longest {figures['gc_longest_ms']:.1f} ms"
+            )
+    for name, figures in rows:
+        if figures.get("turns", args.clients * args.turns) < args.clients * args.turns:
+            print(
+                f"{name}: only {figures['turns']} of {args.clients * args.turns} turns measured:"
+                " the bot sent messages the girls did not ask for, so they ran out of step"
+                " (figures not comparable)"
             )
     base = echo.get("p50_ms")
     for name, figures in rows[2:]:
