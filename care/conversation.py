@@ -991,7 +991,9 @@ class ConversationService:
         All events are applied and the outbox rows written in one transaction; the first
         message carries `dedupe_key`, so a job that runs twice sends once (the second call
         returns False and changes nothing). False too for a client who is paused, stopped,
-        unreachable or not enrolled.
+        unreachable or not enrolled, and while a question waits for her whose silence
+        alerts her worker (the safety check): starting would drop it, and the alert with it.
+        That is recorded for her worker as a skip.
         """
         started = await asyncio.to_thread(
             self._start_flow, client_id, flow, context or {}, priority, dedupe_key, expires_at
@@ -1029,6 +1031,14 @@ class ConversationService:
                     return False
                 now = self.clock.now()
                 state = self._load(session, client)
+                if self._alert_waits(state):
+                    # Her unanswered question would alert her worker (the safety check):
+                    # this flow would drop it, and the alert with it. Her worker sees why.
+                    outbox.record_skip(
+                        session, client.id, flow_id, outbox.SKIP_ALERT_WAITS, ref=dedupe_key, at=now
+                    )
+                    log.info("flow.held client=%s flow=%s reason=alert_waits", client_id, flow_id)
+                    return False
                 context = self.context(session, client, state.fields, now).overlay(extra)
                 turn = state.session.turn if state.session else 0
                 step = dialogues.start(
@@ -1180,6 +1190,16 @@ class ConversationService:
             still_open = saved.scalar()
             if still_open is not None:  # (None: no row was updated; the sender then asks)
                 outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(still_open))
+
+    def _alert_waits(self, state: _State) -> bool:
+        """Whether the question waiting for her ends in an alert to her worker if she stays
+        silent (`dialogues.timeout_alerts`); an unreadable or outdated one does not count."""
+        if state.session is None or not state.session.waiting:
+            return False
+        try:
+            return dialogues.timeout_alerts(state.session, self.flows)
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            return False
 
     def _timeout_at(self, state: DialogueState | None, now: datetime) -> datetime | None:
         """When the question waiting for her times out (None: nothing waits, or it never

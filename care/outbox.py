@@ -436,6 +436,9 @@ UNCONFIRMED = "unconfirmed"
 SKIP_EXPIRED = "expired"
 SKIP_UNREACHABLE = "unreachable"
 SKIP_UNCONFIRMED = "unconfirmed"
+SKIP_ALERT_WAITS = "alert_waits"
+"""A scheduled flow held back: her unanswered question would alert her worker, and the flow
+would have dropped it (`ConversationService.start_flow`)."""
 
 _log = logging.getLogger("care.outbox")
 

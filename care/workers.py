@@ -360,6 +360,10 @@ _SKIP_REASON = {
     "paused": {"nl": "ze heeft gepauzeerd", "en": "she paused"},
     "ended": {"nl": "ze is gestopt", "en": "she stopped"},
     "invited": {"nl": "nog niet gekoppeld", "en": "not enrolled yet"},
+    "alert_waits": {
+        "nl": "er stond een veiligheidsvraag voor haar open",
+        "en": "a safety question to her was still open",
+    },
 }
 _SKIP_KIND = {
     "checkin": {"nl": "check-in", "en": "check-in"},

@@ -12,6 +12,7 @@ from dialogues.engine import (
     choice_id,
     resume,
     start,
+    timeout_alerts,
     timeout_minutes,
 )
 from dialogues.errors import (
@@ -101,6 +102,7 @@ __all__ = [
     "load_triggers_text",
     "resume",
     "start",
+    "timeout_alerts",
     "timeout_minutes",
     "validate_dir",
 ]

@@ -187,6 +187,42 @@ def timeout_minutes(session: Session, flows: FlowSource) -> int | None:
     return waiting.timeout_minutes
 
 
+def timeout_alerts(session: Session, flows: FlowSource) -> bool:
+    """True when the question waiting for her, left unanswered, ends in an alert to her
+    worker: its `timeout` path reaches an escalate or notify node, through any nodes and
+    branches and through the time-outs of the questions it asks on the way (the safety
+    check's "shall I alert your worker?" alerts after 30 minutes of silence). Such a
+    question must not be dropped for another flow: the alert it promised would be lost."""
+    flow, waiting = _waiting(session, flows)
+    if flow is None or waiting is None or waiting.timeout is None or not waiting.timeout_minutes:
+        return False
+    todo: list[tuple[Flow, str]] = [(flow, waiting.timeout)]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        current, node_id = todo.pop()
+        if (current.id, node_id) in seen:
+            continue
+        seen.add((current.id, node_id))
+        node = current.node(node_id)
+        follow: list[str | None]
+        if isinstance(node, EscalateNode | NotifyNode):
+            return True
+        if isinstance(node, AskNode) or (isinstance(node, SayNode) and node.buttons):
+            follow = [node.timeout] if node.timeout_minutes else []  # she is asked again
+        elif isinstance(node, BranchNode):
+            follow = [node.then, node.else_]
+        elif isinstance(node, JumpNode):
+            if node.flow is not None and node.flow != current.id:
+                current = flows.active(node.flow)
+            follow = [node.node or current.spec.start]
+        elif isinstance(node, EndNode):
+            follow = []
+        else:
+            follow = [node.next]
+        todo += [(current, target) for target in follow if target is not None]
+    return False
+
+
 def choice_id(flow: str, node: str, turn: int, button: str) -> str:
     """The callback data of a button: `<tag>.<button id>`, at most 23 characters."""
     tag = hashlib.sha256(f"{flow}:{node}:{turn}".encode()).hexdigest()[:6]

@@ -520,6 +520,70 @@ async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: 
     assert world.pending() == [] and her_escalations(world) == ["safety_check_no_answer"]
 
 
+@pytest.mark.parametrize("scheduled", ["checkin", "appointment_reminder"])
+async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
+    world: World, scheduled: str
+) -> None:
+    """She wrote something that may mean danger and is asked "shall I alert Anna?" (30
+    minutes of silence alert Anna). A check-in or reminder due meanwhile is held back (it
+    would have replaced the question, and the alert with it): nothing new on her screen, her
+    worker sees why it was not sent, and 30 minutes of silence still alert Anna. Once the
+    question is settled, scheduled messages go out again."""
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        session.add(
+            Appointment(
+                client_id=client.id,
+                worker_id=world.worker_id,
+                starts_at=OFFICE_TIME + timedelta(days=1),
+            )
+        )
+    await world.text("ik weet niet waar ik ben")
+    assert world.to_client()[-1].text.startswith("Ik wil zeker weten dat het goed met je gaat")
+    world.clock.advance(timedelta(minutes=10))
+    assert not await world.service.start_flow(world.client_id, scheduled, dedupe_key="due:1")
+    assert world.to_client() == []
+    with world.care.sessions() as session:
+        skipped = [
+            (s.kind, s.reason, s.ref) for s in outbox.skipped_sends(session, world.client_id)
+        ]
+    assert skipped == [(scheduled, "alert_waits", "due:1")]
+    world.clock.advance(timedelta(minutes=21))
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    assert [sent.text for sent in world.to_client()] == [
+        "Ik hoorde niks meer van je. Daarom heb ik Anna een seintje gegeven. "
+        "Ben je in gevaar? Bel 112."
+    ]
+    assert [alert.kind for alert in world.to_worker()] == ["alert"]
+    assert await world.service.start_flow(world.client_id, scheduled, dedupe_key="due:2")
+    assert len(world.to_client()) == 1
+
+
+async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alerts_nobody(
+    world: World,
+) -> None:
+    """Her unanswered check-in question ("how are you?") only notes her silence: an
+    appointment reminder due meanwhile goes out as before, in its place."""
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        session.add(
+            Appointment(
+                client_id=client.id,
+                worker_id=world.worker_id,
+                starts_at=OFFICE_TIME + timedelta(days=1),
+            )
+        )
+    assert await world.service.start_flow(world.client_id, "checkin")
+    assert len(world.to_client()) == 1
+    assert await world.service.start_flow(world.client_id, "appointment_reminder")
+    assert len(world.to_client()) == 1
+    with world.care.sessions() as session:
+        assert outbox.skipped_sends(session, world.client_id) == []
+
+
 async def test_after_her_duress_word_nothing_she_was_asked_follows_up_on_her_screen(
     world: World,
 ) -> None:

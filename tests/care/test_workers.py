@@ -248,6 +248,7 @@ async def test_client_view_shows_what_was_not_sent_and_why(world: World) -> None
         record_skip(
             session, world.client_id, "appointment_reminder", "missed_downtime", due_at=now, at=now
         )
+        record_skip(session, world.client_id, "checkin", "alert_waits", at=now)
         record_skip(
             session,
             world.client_id,
@@ -260,6 +261,7 @@ async def test_client_view_shows_what_was_not_sent_and_why(world: World) -> None
     assert "Niet verstuurd (laatste 14 dagen):" in text
     assert "check-in: in haar stille uren" in text
     assert "afspraakherinnering: bot was uit" in text
+    assert "check-in: er stond een veiligheidsvraag voor haar open" in text
     assert "ze heeft gepauzeerd" not in text  # older than 14 days
 
 

@@ -31,6 +31,7 @@ from dialogues import (
     load_library,
     resume,
     start,
+    timeout_alerts,
 )
 
 CONTEXT: Context = {
@@ -155,6 +156,67 @@ def test_a_running_conversation_keeps_its_version(library: Library) -> None:
     fresh = resume(fresh.session, ChoiceInput(_first_choice(fresh.events, "good")), pinned, CONTEXT)
     assert any(isinstance(e, Say) and e.text == "Wat fijn! 😊" for e in fresh.events)
     assert fresh.session.version == 2
+
+
+_SILENCE = """
+spec_version: 3
+flow: silence
+title: Two questions, then (out of office hours) her worker is told
+languages: [nl, en]
+start: first
+nodes:
+  first:
+    kind: ask
+    text: {nl: "Een?", en: "One?"}
+    buttons: [{id: ok, label: {nl: "Ja", en: "Yes"}, next: done}]
+    timeout: second
+    timeout_minutes: 10
+  second:
+    kind: ask
+    text: {nl: "Twee?", en: "Two?"}
+    buttons: [{id: ok, label: {nl: "Ja", en: "Yes"}, next: done}]
+    timeout: late
+    timeout_minutes: 10
+  late:
+    kind: branch
+    flag: office_hours
+    then: done
+    else: tell
+  tell:
+    kind: notify
+    reason: silent
+    next: done
+  done:
+    kind: end
+"""
+
+
+def test_a_question_whose_silence_alerts_her_worker_is_known(library: Library) -> None:
+    """`timeout_alerts`: the safety check's question alerts after 30 minutes of silence; the
+    check-in's first question only notes her silence; a path counts through branches and
+    through the time-outs of the questions asked on the way."""
+    safety = start(library.active("safety_check"), CONTEXT, "nl", flows=library)
+    assert timeout_alerts(safety.session, library)
+    checkin = start(library.active("checkin"), CONTEXT, "nl", flows=library)
+    assert not timeout_alerts(checkin.session, library)
+    loaded = load_flow_text(_SILENCE, "silence.yml")
+    silence = Library(
+        {**library.flows, "silence": Flow(loaded.spec, loaded.content_hash)}, library.triggers()
+    )
+    chained = start(silence.active("silence"), CONTEXT, "nl", flows=silence)
+    assert chained.session.node == "first"
+    assert timeout_alerts(chained.session, silence)  # first -> second -> (out of hours) notify
+    quiet = load_flow_text(_SILENCE.replace("else: tell", "else: done"), "silence.yml")
+    calm = Library(
+        {**library.flows, "silence": Flow(quiet.spec, quiet.content_hash)}, library.triggers()
+    )
+    assert not timeout_alerts(
+        start(calm.active("silence"), CONTEXT, "nl", flows=calm).session, calm
+    )
+    ended = resume(
+        safety.session, ChoiceInput(_first_choice(safety.events, "no")), library, CONTEXT
+    )
+    assert ended.session.node is None and not timeout_alerts(ended.session, library)
 
 
 def test_a_session_whose_flow_changed_under_it_is_refused(library: Library) -> None:
