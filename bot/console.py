@@ -282,7 +282,10 @@ async def _one_line(parts: Parts, demo: Demo, channel: ConsoleChannel, line: str
             dedupe_key=f"console:{parts.clock.now().timestamp()}",
         )
         if not started:
-            channel.show_direct("(demo: no reminder: enroll first, or she paused or stopped)")
+            channel.show_direct(
+                "(demo: no reminder: enroll first; or she paused or stopped; or a safety"
+                " question to her is still open)"
+            )
         return
     inbound = _inbound(line, channel)
     if inbound is not None:
