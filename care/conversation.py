@@ -1002,6 +1002,23 @@ class ConversationService:
             self.wake()
         return started
 
+    async def alert_waits_until(self, client_id: int) -> datetime | None:
+        """When the question waiting for her times out, if her silence would alert her
+        worker (the safety check): until then `start_flow` holds scheduled flows back. None
+        when nothing holds them."""
+        return await asyncio.to_thread(self._alert_waits_until, client_id)
+
+    def _alert_waits_until(self, client_id: int) -> datetime | None:
+        with self.care.sessions() as session:
+            client = session.get(Client, client_id)
+            if client is None or client.data_key_id is None:
+                return None
+            if not self._alert_waits(self._load(session, client)):
+                return None
+            return session.scalar(
+                select(DialogueSession.timeout_at).where(DialogueSession.client_id == client_id)
+            )
+
     def _start_flow(
         self,
         client_id: int,

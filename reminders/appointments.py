@@ -231,6 +231,29 @@ def _prepare(care: Care, appointment_id: int, offset_minutes: int, now: datetime
         return _Due(client.id, appointment.starts_at, context)
 
 
+DEFER_MARGIN = timedelta(minutes=2)
+"""How long after the safety question's time-out a reminder held back by it runs again (the
+time-outs are looked at every minute)."""
+
+
+def _defer(
+    care: Care, appointment_id: int, offset_minutes: int, at: datetime, starts_at: datetime
+) -> None:
+    """Run this reminder's job again at `at` (the job that runs now is done)."""
+    with care.sessions() as session, session.begin():
+        jobstore.put_job(
+            session,
+            job_id(appointment_id, offset_minutes),
+            JOB_FUNC,
+            (appointment_id, offset_minutes),
+            DateTrigger(run_date=at, timezone=UTC),
+            next_run_time=at,
+            misfire_grace_time=int((starts_at - at).total_seconds()),
+            coalesce=True,
+        )
+        jobstore.wake_after_commit(session)
+
+
 async def send_reminder(
     care: Care,
     conversation: FlowStarter,
@@ -241,6 +264,20 @@ async def send_reminder(
     """The body of a reminder job: start her reminder flow once, if it is still useful."""
     due = await asyncio.to_thread(_prepare, care, appointment_id, offset_minutes, now)
     if due is None:
+        return False
+    held_until = await conversation.alert_waits_until(due.client_id)
+    later = max(held_until, now) + DEFER_MARGIN if held_until is not None else None
+    if later is not None and later < due.starts_at:
+        # A safety question waits for her answer, and the reminder would take its place (and
+        # the alert it promises): it comes once the question is settled. (Too close to the
+        # appointment for that, `start_flow` holds it back and her worker sees why.)
+        await asyncio.to_thread(_defer, care, appointment_id, offset_minutes, later, due.starts_at)
+        log.info(
+            "reminder.deferred appointment=%d offset=%d minutes=%d",
+            appointment_id,
+            offset_minutes,
+            int((later - now).total_seconds() // 60),
+        )
         return False
     started = await conversation.start_flow(
         due.client_id,

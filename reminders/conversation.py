@@ -24,3 +24,8 @@ class FlowStarter(Protocol):
     ) -> bool:
         """Start `flow` for her; False when not started (duplicate key, paused, ...)."""
         ...
+
+    async def alert_waits_until(self, client_id: int) -> datetime | None:
+        """When her unanswered question that would alert her worker times out (None: no
+        such question waits); until then `start_flow` holds scheduled flows back."""
+        ...

@@ -561,6 +561,45 @@ async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
     assert len(world.to_client()) == 1
 
 
+async def test_her_appointment_reminder_comes_once_the_safety_question_is_settled(
+    world: World,
+) -> None:
+    """The 2-hour reminder falls due while she is asked "shall I alert Anna?": nothing new on
+    her screen, the reminder job moves to just after the question's 30 minutes; she answers
+    "not now" meanwhile, and then the reminder reaches her (nothing recorded as not sent)."""
+    from reminders import jobstore
+    from reminders.appointments import create_appointment, send_reminder
+
+    await enrolled(world)
+    starts = OFFICE_TIME + timedelta(hours=5)  # Tuesday 15:00 in Amsterdam
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        worker = session.get_one(Worker, world.worker_id)
+        appointment_id = create_appointment(
+            session, world.care, client, worker, starts, "Buurthuis", now=world.clock.now()
+        ).id
+    world.clock.advance(timedelta(hours=2, minutes=50))  # 12:50
+    await world.text("ik weet niet waar ik ben")
+    question = world.to_client()[-1]
+    world.clock.advance(timedelta(minutes=10))  # 13:00, two hours before
+    assert not await send_reminder(
+        world.care, world.service, appointment_id, 120, world.clock.now()
+    )
+    assert world.to_client() == []
+    with world.care.sessions() as session:
+        moved = jobstore.job_times(session, "appt:")[f"appt:{appointment_id}:120"]
+    assert moved == OFFICE_TIME + timedelta(hours=3, minutes=22)  # her 30 minutes, and 2
+    await world.press(question.button("Nee, nu niet"))
+    assert world.to_client()[-1].text.startswith("Oké, ik doe niks")
+    world.clock.advance(timedelta(minutes=22))
+    assert await send_reminder(world.care, world.service, appointment_id, 120, world.clock.now())
+    (reminder,) = world.to_client()
+    assert "Buurthuis" in reminder.text
+    assert her_escalations(world) == []
+    with world.care.sessions() as session:
+        assert outbox.skipped_sends(session, world.client_id) == []
+
+
 async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alerts_nobody(
     world: World,
 ) -> None:

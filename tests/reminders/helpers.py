@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from care.context import Care
 from care.directory import add_organisation, add_worker, invite_client, link_chat
@@ -105,6 +106,12 @@ class FakeConversation:
 
     calls: list[dict[str, object]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
+    held_until: dict[int, datetime] = field(default_factory=dict)
+    """Per client: when her open safety question times out (`alert_waits_until`)."""
+
+    async def alert_waits_until(self, client_id: int) -> datetime | None:
+        """What `held_until` says for her."""
+        return self.held_until.get(client_id)
 
     async def start_flow(
         self,

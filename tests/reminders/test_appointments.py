@@ -105,6 +105,34 @@ async def test_a_due_reminder_starts_her_reminder_flow_once(care_ctx: Care, peop
     }
 
 
+async def test_a_reminder_due_while_a_safety_question_is_open_comes_after_it(
+    care_ctx: Care, people: People
+) -> None:
+    """Her safety check waits for an answer until 14:30 (its silence would alert her worker):
+    the 12:00 reminder starts nothing and its job moves to 14:32, when it goes out. Too
+    close to the appointment to wait, it is left to `start_flow`, which holds it back."""
+    appointment_id = book(care_ctx, people)
+    her = people.client_ids[0]
+    conversation = FakeConversation()
+    at = STARTS - timedelta(hours=2)
+    conversation.held_until[her] = at + timedelta(minutes=30)
+    assert not await send_reminder(care_ctx, conversation, appointment_id, 120, at)
+    assert conversation.calls == []
+    assert jobs(care_ctx)[f"appt:{appointment_id}:120"] == at + timedelta(minutes=32)
+    del conversation.held_until[her]
+    later = at + timedelta(minutes=32)
+    assert await send_reminder(care_ctx, conversation, appointment_id, 120, later)
+    assert [call["dedupe_key"] for call in conversation.calls] == [f"appt:{appointment_id}:120"]
+    with care_ctx.sessions() as session:
+        assert skipped_sends(session, her) == []
+    # Ten minutes before it begins, a question open until after the start cannot be waited for.
+    conversation.held_until[her] = STARTS + timedelta(minutes=20)
+    assert await send_reminder(
+        care_ctx, conversation, appointment_id, 60, STARTS - timedelta(minutes=10)
+    )
+    assert len(conversation.calls) == 2
+
+
 async def test_no_reminder_after_the_appointment_began_and_the_skip_is_visible(
     care_ctx: Care, people: People
 ) -> None:

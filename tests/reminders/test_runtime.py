@@ -71,6 +71,55 @@ async def test_a_reminder_job_fires_and_starts_her_flow(care_ctx: Care) -> None:
         assert jobstore.job_times(session, "appt:") == {}  # a date job is gone once it ran
 
 
+async def test_a_reminder_held_back_by_a_safety_question_fires_again_later(
+    care_ctx: Care, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real scheduler runs her reminder while a safety question is open: the job, which
+    APScheduler already removed as done, is written again for later and fires then."""
+    from reminders import appointments
+
+    monkeypatch.setattr(appointments, "DEFER_MARGIN", timedelta(seconds=1))
+    reminders = care_ctx.settings.reminders.model_copy(
+        update={"appointment_offsets_hours": (1 / 60,)}
+    )
+    care_ctx.settings = care_ctx.settings.model_copy(update={"reminders": reminders})
+    people = make_people(care_ctx, clients=1)
+    her = people.client_ids[0]
+    now = datetime.now(UTC)
+    with care_ctx.sessions() as session, session.begin():
+        client = session.get_one(Client, her)
+        worker = session.get_one(Worker, people.worker_id)
+        quiet_start = (now + timedelta(hours=12)).astimezone(UTC)
+        client.timezone = "UTC"
+        client.quiet_hours = f"{quiet_start:%H}:00-{(quiet_start + timedelta(hours=1)):%H}:00"
+        starts = now + timedelta(seconds=62)  # the reminder is due in 2 seconds
+        appointment_id = create_appointment(session, care_ctx, client, worker, starts, "Hier").id
+    first_run = now + timedelta(seconds=2)
+    conversation = FakeConversation()
+    conversation.held_until[her] = first_run + timedelta(seconds=1)
+    runtime = Reminders(care_ctx, conversation)
+    assert await runtime.start()
+    try:
+        for _ in range(100):  # until its job has been moved on
+            with care_ctx.sessions() as session:
+                moved = jobstore.job_times(session, "appt:").get(f"appt:{appointment_id}:1")
+            if moved is not None and moved > first_run + timedelta(milliseconds=500):
+                break
+            await asyncio.sleep(0.05)
+        assert moved is not None and moved > first_run
+        assert conversation.calls == []
+        del conversation.held_until[her]  # she answered
+        for _ in range(100):
+            if conversation.calls:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await runtime.stop()
+    assert [c["dedupe_key"] for c in conversation.calls] == [f"appt:{appointment_id}:1"]
+    with care_ctx.sessions() as session:
+        assert jobstore.job_times(session, "appt:") == {}
+
+
 async def test_a_checkin_missed_during_downtime_is_recorded_for_her_worker(care_ctx: Care) -> None:
     people = make_people(care_ctx, clients=1)
     client_id = people.client_ids[0]
