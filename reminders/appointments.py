@@ -69,21 +69,29 @@ def schedule_reminders(
         now,
     )
     for plan in plans:
-        if plan.run_at is None:
-            continue
-        jobstore.put_job(
-            session,
-            job_id(appointment.id, plan.offset_minutes),
-            JOB_FUNC,
-            (appointment.id, plan.offset_minutes),
-            DateTrigger(run_date=plan.run_at, timezone=UTC),
-            next_run_time=plan.run_at,
-            # Useful until the appointment begins; the job itself checks the rest.
-            misfire_grace_time=int((appointment.starts_at - plan.run_at).total_seconds()),
-            coalesce=True,
-        )
+        if plan.run_at is not None:
+            _put_job(
+                session, appointment.id, plan.offset_minutes, plan.run_at, appointment.starts_at
+            )
     jobstore.wake_after_commit(session)
     return plans
+
+
+def _put_job(
+    session: Session, appointment_id: int, offset_minutes: int, at: datetime, starts_at: datetime
+) -> None:
+    """Write one reminder job, to run at `at`."""
+    jobstore.put_job(
+        session,
+        job_id(appointment_id, offset_minutes),
+        JOB_FUNC,
+        (appointment_id, offset_minutes),
+        DateTrigger(run_date=at, timezone=UTC),
+        next_run_time=at,
+        # Useful until the appointment begins; the job itself checks the rest.
+        misfire_grace_time=int((starts_at - at).total_seconds()),
+        coalesce=True,
+    )
 
 
 def _check_time(starts_at: datetime, now: datetime) -> None:
@@ -241,16 +249,7 @@ def _defer(
 ) -> None:
     """Run this reminder's job again at `at` (the job that runs now is done)."""
     with care.sessions() as session, session.begin():
-        jobstore.put_job(
-            session,
-            job_id(appointment_id, offset_minutes),
-            JOB_FUNC,
-            (appointment_id, offset_minutes),
-            DateTrigger(run_date=at, timezone=UTC),
-            next_run_time=at,
-            misfire_grace_time=int((starts_at - at).total_seconds()),
-            coalesce=True,
-        )
+        _put_job(session, appointment_id, offset_minutes, at, starts_at)
         jobstore.wake_after_commit(session)
 
 
