@@ -1013,11 +1013,7 @@ class ConversationService:
             client = session.get(Client, client_id)
             if client is None or client.data_key_id is None:
                 return None
-            if not self._alert_waits(self._load(session, client)):
-                return None
-            return session.scalar(
-                select(DialogueSession.timeout_at).where(DialogueSession.client_id == client_id)
-            )
+            return self._pending_alert(session, client, self._load(session, client))
 
     def _start_flow(
         self,
@@ -1048,7 +1044,7 @@ class ConversationService:
                     return False
                 now = self.clock.now()
                 state = self._load(session, client)
-                if self._alert_waits(state):
+                if self._pending_alert(session, client, state) is not None:
                     # Her unanswered question would alert her worker (the safety check):
                     # this flow would drop it, and the alert with it. Her worker sees why.
                     outbox.record_skip(
@@ -1208,15 +1204,21 @@ class ConversationService:
             if still_open is not None:  # (None: no row was updated; the sender then asks)
                 outbox.note_open(session, RecipientKind.CLIENT, client.id, bool(still_open))
 
-    def _alert_waits(self, state: _State) -> bool:
-        """Whether the question waiting for her ends in an alert to her worker if she stays
-        silent (`dialogues.timeout_alerts`); an unreadable or outdated one does not count."""
+    def _pending_alert(self, session: Session, client: Client, state: _State) -> datetime | None:
+        """When the question waiting for her times out, if her silence then alerts her worker
+        (`dialogues.timeout_alerts`): an alert still to come. None when nothing such waits,
+        when its time-out is no longer to come (given up after failing: her worker was
+        alerted then), or when the question cannot be read (outdated content)."""
         if state.session is None or not state.session.waiting:
-            return False
+            return None
         try:
-            return dialogues.timeout_alerts(state.session, self.flows)
+            if not dialogues.timeout_alerts(state.session, self.flows):
+                return None
         except (dialogues.SessionError, dialogues.UnknownFlowError):
-            return False
+            return None
+        return session.scalar(
+            select(DialogueSession.timeout_at).where(DialogueSession.client_id == client.id)
+        )
 
     def _timeout_at(self, state: DialogueState | None, now: datetime) -> datetime | None:
         """When the question waiting for her times out (None: nothing waits, or it never

@@ -27,6 +27,7 @@ from care.models import (
     CheckInStatus,
     Client,
     ClientStatus,
+    DialogueSession,
     Escalation,
     Organisation,
     OutboxMessage,
@@ -598,6 +599,26 @@ async def test_her_appointment_reminder_comes_once_the_safety_question_is_settle
     assert her_escalations(world) == []
     with world.care.sessions() as session:
         assert outbox.skipped_sends(session, world.client_id) == []
+
+
+async def test_a_safety_question_whose_time_out_was_given_up_holds_nothing_back(
+    world: World,
+) -> None:
+    """When her safety check's time-out failed for ten minutes, the bot gave up on it (her
+    worker got an urgent alert then) and left the question waiting: no alert is still to
+    come, so check-ins go out again instead of being held back for good."""
+    await enrolled(world)
+    await world.text("ik weet niet waar ik ben")
+    world.to_client()
+    with world.care.sessions.begin() as session:  # what giving up leaves (`_NO_TIMEOUT`)
+        session.execute(
+            update(DialogueSession)
+            .where(DialogueSession.client_id == world.client_id)
+            .values(timeout_at=None)
+        )
+    assert await world.service.alert_waits_until(world.client_id) is None
+    assert await world.service.start_flow(world.client_id, "checkin")
+    assert world.to_client()[-1].text == "Hoi! Hoe gaat het vandaag?"
 
 
 async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alerts_nobody(
