@@ -59,6 +59,22 @@ async def enrolled(world: World) -> World:
     return world
 
 
+def add_appointment(world: World, starts_at: datetime, place: str | None = None) -> None:
+    """An appointment of hers with her worker (no reminder jobs: tests start the flow)."""
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        session.add(
+            Appointment(
+                client_id=client.id,
+                worker_id=world.worker_id,
+                starts_at=starts_at,
+                place_enc=(
+                    world.care.vault.encrypt(session, client.data_key_id, place) if place else None
+                ),
+            )
+        )
+
+
 def invite_another(world: World, alias: str) -> directory.Issued:
     """A second client of her worker, invited (not linked)."""
     with world.care.sessions.begin() as session:
@@ -196,17 +212,8 @@ async def test_duplicate_updates_are_handled_once(world: World) -> None:
 
 async def test_appointment_placeholders_in_her_language_and_time_zone(world: World) -> None:
     await enrolled(world)
-    with world.care.sessions.begin() as session:
-        client = session.get(Client, world.client_id)
-        assert client is not None
-        session.add(
-            Appointment(
-                client_id=client.id,
-                worker_id=world.worker_id,
-                starts_at=OFFICE_TIME + timedelta(days=2, hours=5),  # Thu 5 March, 15:00 CET
-                place_enc=world.care.vault.encrypt(session, client.data_key_id, "Buurthuis"),
-            )
-        )
+    # Thu 5 March, 15:00 CET
+    add_appointment(world, OFFICE_TIME + timedelta(days=2, hours=5), place="Buurthuis")
     await world.service.start_flow(world.client_id, "appointment_reminder")
     text = world.to_client()[0].text
     assert "donderdag 5 maart om 15:00" in text
@@ -531,15 +538,7 @@ async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
     worker sees why it was not sent, and 30 minutes of silence still alert Anna. Once the
     question is settled, scheduled messages go out again."""
     await enrolled(world)
-    with world.care.sessions.begin() as session:
-        client = session.get_one(Client, world.client_id)
-        session.add(
-            Appointment(
-                client_id=client.id,
-                worker_id=world.worker_id,
-                starts_at=OFFICE_TIME + timedelta(days=1),
-            )
-        )
+    add_appointment(world, OFFICE_TIME + timedelta(days=1))
     await world.text("ik weet niet waar ik ben")
     assert world.to_client()[-1].text.startswith("Ik wil zeker weten dat het goed met je gaat")
     world.clock.advance(timedelta(minutes=10))
@@ -627,15 +626,7 @@ async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alert
     """Her unanswered check-in question ("how are you?") only notes her silence: an
     appointment reminder due meanwhile goes out as before, in its place."""
     await enrolled(world)
-    with world.care.sessions.begin() as session:
-        client = session.get_one(Client, world.client_id)
-        session.add(
-            Appointment(
-                client_id=client.id,
-                worker_id=world.worker_id,
-                starts_at=OFFICE_TIME + timedelta(days=1),
-            )
-        )
+    add_appointment(world, OFFICE_TIME + timedelta(days=1))
     assert await world.service.start_flow(world.client_id, "checkin")
     assert len(world.to_client()) == 1
     assert await world.service.start_flow(world.client_id, "appointment_reminder")
