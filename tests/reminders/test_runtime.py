@@ -38,24 +38,28 @@ async def test_only_one_process_schedules_and_the_other_says_so(
     await second.stop()
 
 
-async def test_a_reminder_job_fires_and_starts_her_flow(care_ctx: Care) -> None:
-    reminders = care_ctx.settings.reminders.model_copy(
-        update={"appointment_offsets_hours": (1 / 60,)}
-    )
-    care_ctx.settings = care_ctx.settings.model_copy(update={"reminders": reminders})
-    people = make_people(care_ctx, clients=1)
+def reminder_due_in_two_seconds(care: Care) -> tuple[int, int, datetime]:
+    """One client with an appointment 62 seconds from now, reminded one minute before it
+    (her quiet hours kept away from the time the test runs); returns her id, the
+    appointment's id and now."""
+    reminders = care.settings.reminders.model_copy(update={"appointment_offsets_hours": (1 / 60,)})
+    care.settings = care.settings.model_copy(update={"reminders": reminders})
+    people = make_people(care, clients=1)
+    her = people.client_ids[0]
     now = datetime.now(UTC)
-    with care_ctx.sessions() as session, session.begin():
-        client = session.get(Client, people.client_ids[0])
-        worker = session.get(Worker, people.worker_id)
-        assert client is not None and worker is not None
-        # Keep her quiet hours away from the time this test runs.
+    with care.sessions() as session, session.begin():
+        client = session.get_one(Client, her)
+        worker = session.get_one(Worker, people.worker_id)
         quiet_start = (now + timedelta(hours=12)).astimezone(UTC)
         client.timezone = "UTC"
         client.quiet_hours = f"{quiet_start:%H}:00-{(quiet_start + timedelta(hours=1)):%H}:00"
         starts = now + timedelta(seconds=62)
-        appointment = create_appointment(session, care_ctx, client, worker, starts, "Hier", now=now)
-        appointment_id = appointment.id
+        appointment = create_appointment(session, care, client, worker, starts, "Hier", now=now)
+        return her, appointment.id, now
+
+
+async def test_a_reminder_job_fires_and_starts_her_flow(care_ctx: Care) -> None:
+    _, appointment_id, _ = reminder_due_in_two_seconds(care_ctx)
     conversation = FakeConversation()
     runtime = Reminders(care_ctx, conversation)
     assert await runtime.start()
@@ -79,21 +83,7 @@ async def test_a_reminder_held_back_by_a_safety_question_fires_again_later(
     from reminders import appointments
 
     monkeypatch.setattr(appointments, "DEFER_MARGIN", timedelta(seconds=1))
-    reminders = care_ctx.settings.reminders.model_copy(
-        update={"appointment_offsets_hours": (1 / 60,)}
-    )
-    care_ctx.settings = care_ctx.settings.model_copy(update={"reminders": reminders})
-    people = make_people(care_ctx, clients=1)
-    her = people.client_ids[0]
-    now = datetime.now(UTC)
-    with care_ctx.sessions() as session, session.begin():
-        client = session.get_one(Client, her)
-        worker = session.get_one(Worker, people.worker_id)
-        quiet_start = (now + timedelta(hours=12)).astimezone(UTC)
-        client.timezone = "UTC"
-        client.quiet_hours = f"{quiet_start:%H}:00-{(quiet_start + timedelta(hours=1)):%H}:00"
-        starts = now + timedelta(seconds=62)  # the reminder is due in 2 seconds
-        appointment_id = create_appointment(session, care_ctx, client, worker, starts, "Hier").id
+    her, appointment_id, now = reminder_due_in_two_seconds(care_ctx)
     first_run = now + timedelta(seconds=2)
     conversation = FakeConversation()
     conversation.held_until[her] = first_run + timedelta(seconds=1)
