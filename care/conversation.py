@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import traceback
@@ -90,6 +91,7 @@ from dialogues import (
     SetField,
     SetLanguage,
     SetStatus,
+    Step,
     TextInput,
     TimeoutInput,
     Wipe,
@@ -184,6 +186,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "danger, call 112.",
     },
     "duress_reply": {"nl": "Oké, top! 👍", "en": "Okay, great! 👍"},
+    "held_again": {"nl": "Even terug naar mijn vraag van net:", "en": "Back to my question:"},
     "unsupported_media": {
         "nl": "Ik kan (nog) alleen tekst lezen. Wil je het in een berichtje typen?",
         "en": "I can only read text for now. Could you type it in a message?",
@@ -281,6 +284,14 @@ class _State:
     fields: dict[str, str | bool | int] = field(default_factory=dict)
     row_id: int | None = None
     """Her `dialogue_sessions` row, when she has one."""
+    held: DialogueState | None = None
+    """A question whose silence alerts her worker (the safety check), which she left
+    unanswered for another flow (a command, a help request): asked again when that flow
+    ends, and its alert raised at `held_until` unless she answered it by then."""
+    held_until: datetime | None = None
+    until: datetime | None = None
+    """When the question waiting for her times out, as saved beside a held one (her row's
+    `timeout_at` is then the earlier of the two)."""
 
 
 class LazyContext(Mapping[str, str | bool]):
@@ -893,10 +904,14 @@ class ConversationService:
                     safety.severity,
                     safety.matched,
                 )
+        if state.held is not None:
+            self._answer_held(session, client, state, engine_input)
         step = self._resume(state, engine_input, client.language, context)
+        self._hold(session, client, state, step)
         self._apply(session, client, state, step.events, now)
         state.session = step.session
-        self._save(session, client, state)
+        until = self._ask_held_again(session, client, state, step, context, now)
+        self._save(session, client, state, until=until)
         log.info(
             "turn.handled client=%s update=%s flow=%s events=%d",
             client.id,
@@ -910,10 +925,103 @@ class ConversationService:
         follows up on her screen (its time-out's message, the question asked again) for
         whoever reads along; her next message starts afresh, and old buttons are stale."""
         state = self._load(session, client)
-        if state.session is None or not state.session.waiting:
+        if state.session is not None and state.session.waiting:
+            state.session = self._idle(client.language, state.session.turn + 1)
+        elif state.held is None:
             return
-        state.session = self._idle(client.language, state.session.turn + 1)
+        state.held = state.held_until = None  # the alarm went to her worker
         self._save(session, client, state)
+
+    # ------------------------------------------------------------------ a question held
+
+    def _answer_held(
+        self, session: Session, client: Client, state: _State, engine_input: dialogues.Input
+    ) -> None:
+        """A button of the question she left (`_State.held`), pressed on the message that
+        asked it: she answers it after all. The question she was in is held in its place
+        if its silence alerts her worker, else dropped."""
+        assert state.held is not None
+        try:
+            if not dialogues.takes_choice(state.held, engine_input, self.flows):
+                return
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            return  # its content changed: the button is stale, its alert still comes
+        current, until = state.session, self._pending_alert(session, client, state)
+        state.session, state.held, state.held_until = state.held, None, None
+        if current is not None and until is not None:
+            state.held, state.held_until = current, until
+        log.info("question.held_answered client=%s", client.id)
+
+    def _hold(self, session: Session, client: Client, state: _State, step: Step) -> None:
+        """Before her turn's events are applied. A trigger (a command, a help request) took
+        her away from a question whose silence alerts her worker: hold it, so that it is
+        asked again when she is done and its alert still comes when it was due (the
+        earliest, when one is held already). An escalation for her drops what is held: her
+        worker is alerted now."""
+        if any(isinstance(event, Escalate) for event in step.events):
+            if state.held is not None:
+                log.info("question.held_dropped client=%s reason=escalated", client.id)
+            state.held = state.held_until = None
+            return
+        if not step.interrupted or state.session is None:
+            return
+        until = self._pending_alert(session, client, state)
+        if until is not None and (state.held_until is None or until < state.held_until):
+            state.held, state.held_until = state.session, until
+            log.info("question.held client=%s flow=%s", client.id, state.session.flow)
+
+    def _ask_held_again(
+        self,
+        session: Session,
+        client: Client,
+        state: _State,
+        step: Step,
+        context: Mapping[str, str | bool],
+        now: datetime,
+    ) -> datetime | Literal["asked"] | None:
+        """After her turn's events: when the flow that took her away has ended, the held
+        question is asked again, in her language, with fresh buttons and its first time-out.
+        Not after a wipe (it would be back on her screen), nor when she paused or stopped:
+        its alert then still comes at its time, and she is asked nothing. Returns the
+        question's time-out for `_save`."""
+        held, until = state.held, state.held_until
+        if held is None or until is None or until <= now or step.session.waiting:
+            return "asked"
+        if client.status is not ClientStatus.ACTIVE or any(
+            isinstance(event, Wipe | SetStatus) for event in step.events
+        ):
+            return "asked"
+        lead = text_for("held_again", client.language)
+        try:
+            again = dialogues.ask_again(
+                dataclasses.replace(held, lang=client.language), self.flows, context, lead
+            )
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            return "asked"  # its content changed: its alert still comes at its time
+        self._apply(session, client, state, again.events, now)
+        state.session, state.held, state.held_until = again.session, None, None
+        log.info("question.asked_again client=%s flow=%s", client.id, held.flow)
+        return until
+
+    def _raise_held(self, session: Session, client: Client, state: _State, now: datetime) -> bool:
+        """At the held question's time-out: raise the alerts its silence promised her worker
+        (`dialogues.silence_alerts`), and drop it; she is asked nothing. True when due."""
+        held, until = state.held, state.held_until
+        if held is None or until is None or until > now:
+            return False
+        state.held = state.held_until = None
+        context = self.context(session, client, state.fields, now)
+        alerts: Sequence[Event]
+        try:
+            alerts = dialogues.silence_alerts(held, self.flows, context)
+        except (dialogues.SessionError, dialogues.UnknownFlowError):
+            # Its content changed: what it promised is unknown, so her worker is alerted.
+            alerts = (Escalate(Severity.HIGH.value, "timeout_failed"),)
+        self._apply(session, client, state, alerts, now)
+        log.info(
+            "question.held_alerted client=%s flow=%s alerts=%d", client.id, held.flow, len(alerts)
+        )
+        return True
 
     def _is_duress(self, session: Session, client: Client, text: str) -> bool:
         ahead = session.info.get(_DURESS_AHEAD)
@@ -1165,17 +1273,47 @@ class ConversationService:
             data = json.loads(self.care.vault.decrypt(session, client.data_key_id, state_enc))
             stored = data.get("session")
             state = DialogueState.from_json(stored) if stored else None
-            return _State(state, dict(data.get("fields") or {}), row_id)
+            loaded = _State(state, dict(data.get("fields") or {}), row_id)
         except (DecryptionError, dialogues.SessionError, ValueError, AttributeError):
             log.warning("session.unreadable client=%s", client.id)
             return _State(None, row_id=row_id)
+        held = data.get("held")
+        if held:
+            try:
+                loaded.held = DialogueState.from_json(held["session"])
+                loaded.held_until = datetime.fromisoformat(held["until"])
+                until = data.get("until")
+                loaded.until = datetime.fromisoformat(until) if until else None
+            except (dialogues.SessionError, ValueError, TypeError, KeyError):
+                log.warning("session.held_unreadable client=%s", client.id)
+                loaded.held = loaded.held_until = loaded.until = None
+        return loaded
 
-    def _save(self, session: Session, client: Client, state: _State) -> None:
-        data = {
+    def _save(
+        self,
+        session: Session,
+        client: Client,
+        state: _State,
+        *,
+        until: datetime | Literal["asked"] | None = "asked",
+    ) -> None:
+        """Write her state. `until`: when her waiting question times out; "asked" counts it
+        from now (it was just asked, or asked again)."""
+        now = self.clock.now()
+        state.until = self._timeout_at(state.session, now) if until == "asked" else until
+        data: dict[str, Any] = {
             "format": _STATE_FORMAT,
             "session": state.session.to_json() if state.session else None,
             "fields": state.fields,
         }
+        timeout_at = state.until
+        if state.held is not None and state.held_until is not None:
+            data["held"] = {
+                "session": state.held.to_json(),
+                "until": state.held_until.isoformat(),
+            }
+            data["until"] = state.until.isoformat() if state.until else None
+            timeout_at = min(state.held_until, timeout_at or state.held_until)
         encrypted = self.care.vault.encrypt(session, client.data_key_id, json.dumps(data))
         session.info.pop(_READ_AHEAD, None)  # what it read is no longer her state
         connection = session.connection()
@@ -1183,13 +1321,12 @@ class ConversationService:
             outbox.run_riders(session)
             found = connection.execute(_SESSION_OF, {"client_id": client.id}).first()
             state.row_id = found[0] if found is not None else None
-        now = self.clock.now()
         values = {
             "flow": state.session.flow if state.session else "",
             "flow_version": state.session.version if state.session else None,
             "state_enc": encrypted,
             "updated_at": now,
-            "timeout_at": self._timeout_at(state.session, now),
+            "timeout_at": timeout_at,
         }
         if state.row_id is None:
             result = connection.execute(_SESSION_NEW, {"client_id": client.id, **values})
@@ -1216,6 +1353,8 @@ class ConversationService:
                 return None
         except (dialogues.SessionError, dialogues.UnknownFlowError):
             return None
+        if state.held is not None:
+            return state.until  # her row's time-out is the earlier of the two
         return session.scalar(
             select(DialogueSession.timeout_at).where(DialogueSession.client_id == client.id)
         )
@@ -1270,12 +1409,18 @@ class ConversationService:
             client = _still_timed_out(session, client_id, now)
             if client is None:
                 return False
-            if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
-                session.execute(_NO_TIMEOUT, {"her_id": client_id})
-                return False  # stop means stop; nothing goes on for her
             state = self._load(session, client)
+            alerted = self._raise_held(session, client, state, now)
+            if client.status not in (ClientStatus.ACTIVE, ClientStatus.PAUSED):
+                # Stop means stop: nothing goes on for her (a held alert goes to her worker).
+                self._save(session, client, state, until=None)
+                return alerted
+            if alerted and (state.until is None or state.until > now):
+                self._save(session, client, state, until=state.until)  # hers waits on
+                return True
             context = self.context(session, client, state.fields, now)
             step = self._resume(state, TimeoutInput(), client.language, context)
+            self._hold(session, client, state, step)  # an escalation drops what is held
             # She did not write just now: what it tells her waits for the end of her quiet
             # hours; her worker's alerts do not.
             held = self.settings.quiet_until(

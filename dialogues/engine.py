@@ -11,6 +11,7 @@ one) therefore does not match the waiting question and gets a gentle re-ask, nev
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -109,10 +110,13 @@ class Session:
 
 @dataclass(frozen=True)
 class Step:
-    """The result of `start` or `resume`: the new session and the events, in order."""
+    """The result of `start` or `resume`: the new session and the events, in order.
+    `interrupted`: a trigger (a command, a danger, an intent) started another flow while a
+    question waited for her; that question was left unanswered."""
 
     session: Session
     events: tuple[Event, ...]
+    interrupted: bool = False
 
 
 def start(
@@ -143,9 +147,10 @@ def resume(session: Session, input: Input, flows: FlowSource, context: Context) 
     target = _trigger(session, input, triggers, waiting)
     if target is not None:
         flow_id, node = target
-        return start(
+        step = start(
             flows.active(flow_id), context, session.lang, flows=flows, node=node, turn=session.turn
         )
+        return Step(step.session, step.events, interrupted=waiting is not None)
 
     if flow is None or waiting is None or session.node is None:
         return _idle(session, input, triggers, flows, context)
@@ -221,6 +226,51 @@ def timeout_alerts(session: Session, flows: FlowSource) -> bool:
             follow = [node.next]
         todo += [(current, target) for target in follow if target is not None]
     return False
+
+
+def silence_alerts(session: Session, flows: FlowSource, context: Context) -> tuple[Event, ...]:
+    """The alerts to her worker (escalate and notify events) that the question `session`
+    waits on raises when she never answers it: its time-out path, through the time-outs of
+    any questions asked on the way (as `timeout_alerts` walks it), up to the first alert.
+    Nothing else of the path: for a question she left for another flow, her worker gets the
+    alert it promised and she is asked nothing."""
+    current = session
+    seen: set[tuple[str, str | None]] = set()
+    while current.waiting and (current.flow, current.node) not in seen:
+        seen.add((current.flow, current.node))
+        step = resume(current, TimeoutInput(), flows, context)
+        alerts = tuple(e for e in step.events if isinstance(e, Escalate | NotifyWorker))
+        if alerts:
+            return alerts
+        current = step.session
+    return ()
+
+
+def ask_again(session: Session, flows: FlowSource, context: Context, lead: str) -> Step:
+    """Ask the question `session` waits on once more, after `lead` ("Back to my question:"),
+    with fresh buttons (a new turn: the buttons of every earlier message are stale)."""
+    flow, waiting = _waiting(session, flows)
+    if flow is None or waiting is None or session.node is None:
+        raise SessionError("no question waits in this session")
+    lang = _flow_language(flow, session.lang)
+    again = dataclasses.replace(session, turn=session.turn + 1)
+    text = lead + "\n\n" + _text(waiting.text, lang, context)
+    choices = _choices(flow, session.node, again.turn, waiting, lang, context)
+    return Step(again, (Say(text, choices),))
+
+
+def takes_choice(session: Session, input: Input, flows: FlowSource) -> bool:
+    """True when `input` is a button of the question `session` waits on (pressed on the
+    message that asked it)."""
+    if not isinstance(input, ChoiceInput):
+        return False
+    flow, waiting = _waiting(session, flows)
+    if flow is None or waiting is None or session.node is None:
+        return False
+    return any(
+        input.choice_id == choice_id(flow.id, session.node, session.turn, button.id)
+        for button in waiting.buttons
+    )
 
 
 def choice_id(flow: str, node: str, turn: int, button: str) -> str:

@@ -39,7 +39,7 @@ from care.models import (
     Worker,
 )
 from care.outbox import OutboxSender, SenderOptions
-from tests.bot.world import CLIENT_CHAT, OFFICE_TIME, World, make_world
+from tests.bot.world import CLIENT_CHAT, OFFICE_TIME, Sent, World, make_world
 from tests.reminders.helpers import FakeChannel
 
 
@@ -633,6 +633,168 @@ async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alert
     assert len(world.to_client()) == 1
     with world.care.sessions() as session:
         assert outbox.skipped_sends(session, world.client_id) == []
+
+
+SAFETY_QUESTION = "Ik wil zeker weten dat het goed met je gaat. Zal ik Anna nu een seintje geven?"
+
+
+async def asked_if_anna_may_be_alerted(world: World) -> Sent:
+    """She writes something that may mean danger; the safety check asks her (30 minutes of
+    silence alert Anna). Returns the question."""
+    await enrolled(world)
+    await world.text("ik weet niet waar ik ben")
+    (question,) = world.to_client()
+    assert question.text == SAFETY_QUESTION
+    return question
+
+
+@pytest.mark.parametrize(
+    ("command", "then"),
+    [
+        ("help", "Waarmee kan ik je helpen?"),
+        ("taal", "In welke taal wil je chatten?"),
+        ("checkin", "Hoi! Hoe gaat het vandaag?"),
+        ("pauze", "Wil je even pauze?"),
+        ("stop", "Wil je stoppen met deze app?"),
+    ],
+)
+async def test_a_safety_question_she_leaves_for_a_command_still_alerts_anna(
+    world: World, command: str, then: str
+) -> None:
+    """Asked "shall I alert Anna?", she types a command and then goes quiet in what it asks.
+    Her worker is still alerted when the question's 30 minutes are up (before, the command's
+    flow took the question's place and the alert was lost), and she is asked nothing more:
+    that question is not hers to see now."""
+    await asked_if_anna_may_be_alerted(world)
+    world.clock.advance(timedelta(minutes=5))
+    await world.command(command)
+    assert world.to_client()[0].text.startswith(then)
+    world.clock.advance(timedelta(minutes=24))
+    await world.service.fire_timeouts()
+    assert her_escalations(world) == []
+    world.clock.advance(timedelta(minutes=2))
+    await world.service.fire_timeouts()
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    assert [alert.kind for alert in world.to_worker()] == ["alert"]
+    said = " ".join(sent.text for sent in world.to_client())
+    assert "seintje" not in said and "Zal ik Anna" not in said, said
+    world.clock.advance(timedelta(hours=2))
+    await world.service.fire_timeouts()
+    assert her_escalations(world) == ["safety_check_no_answer"], "alerted once"
+
+
+async def test_when_the_command_is_done_the_safety_question_is_asked_again(
+    world: World,
+) -> None:
+    """She switches the language in the middle of the safety check: once that is done, the
+    question is asked again in her new language with fresh buttons, keeping its first
+    30 minutes; silence then alerts Anna and tells her so, as it always did."""
+    question = await asked_if_anna_may_be_alerted(world)
+    world.clock.advance(timedelta(minutes=10))
+    await world.command("taal")
+    await world.press(world.to_client()[-1].button("English"))
+    said, again = world.to_client()
+    assert said.text == "Okay, we'll chat in English."
+    assert again.text == (
+        "Back to my question:\n\nI want to be sure you're okay. Do you want me to alert Anna now?"
+    )
+    labels = [label for row in again.payload["buttons"] for _, label in row]
+    assert labels == ["Yes, please", "No, not now", "I'm in danger"]
+    assert set(again.button_ids).isdisjoint(question.button_ids), "fresh buttons"
+    world.clock.advance(timedelta(minutes=19))
+    assert await world.service.fire_timeouts() == 0
+    world.clock.advance(timedelta(minutes=2))  # 31 minutes after she was first asked
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    assert [sent.text for sent in world.to_client()] == [
+        "I didn't hear back from you, so I have alerted Anna. If you are in danger, call 112."
+    ]
+
+
+async def test_the_safety_question_she_left_can_still_be_answered_with_its_buttons(
+    world: World,
+) -> None:
+    """She opened the help menu instead of answering, then taps "No, not now" on the safety
+    question after all: that is her answer, and Anna is not alerted."""
+    question = await asked_if_anna_may_be_alerted(world)
+    await world.command("help")
+    world.to_client()
+    await world.press(question.button("Nee, nu niet"))
+    assert world.to_client()[-1].text.startswith("Oké, ik doe niks")
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0
+    assert her_escalations(world) == [] and world.to_worker() == []
+
+
+async def test_an_alert_raised_meanwhile_settles_the_safety_question_she_left(
+    world: World,
+) -> None:
+    """From the help menu she asks Anna to contact her: Anna is alerted now, so the safety
+    question she left raises nothing more when its 30 minutes are up, and is not asked
+    again."""
+    await asked_if_anna_may_be_alerted(world)
+    await world.command("help")
+    await world.press(world.to_client()[-1].button("Contact met Anna"))
+    await world.press(world.to_client()[-1].button("Ja, graag"))
+    await world.press(world.to_client()[-1].button("Nee, het kan wachten"))
+    said = " ".join(sent.text for sent in world.to_client())
+    assert "Zal ik Anna nu een seintje geven" not in said
+    assert her_escalations(world) == ["help_contact"]
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0
+    assert her_escalations(world) == ["help_contact"]
+
+
+async def test_the_question_she_went_to_keeps_its_own_time_out(world: World) -> None:
+    """She asks for a check-in in the middle of the safety check and answers neither: Anna is
+    alerted at the safety question's 30 minutes, and the check-in still times out a day
+    after it was asked (not a day after the alert)."""
+    await asked_if_anna_may_be_alerted(world)
+    world.clock.advance(timedelta(minutes=5))
+    await world.command("checkin")
+    world.clock.advance(timedelta(minutes=26))
+    assert await world.service.fire_timeouts() == 1
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    world.clock.advance(timedelta(days=1, minutes=-27))  # a minute before her day is up
+    assert await world.service.fire_timeouts() == 0
+    world.clock.advance(timedelta(minutes=2))
+    assert await world.service.fire_timeouts() == 1, "the check-in's own day is up"
+
+
+async def test_her_duress_word_settles_the_safety_question_she_left(world: World) -> None:
+    """In the help menu, away from the safety check, she has to send the duress word: the
+    silent alarm reaches Anna, and nothing of the safety check follows, for her or for Anna."""
+    await asked_if_anna_may_be_alerted(world)
+    with world.care.sessions.begin() as session:
+        her = session.get_one(Client, world.client_id)
+        org = session.get_one(Organisation, her.org_id)
+        directory.set_duress_word(session, world.care.keyring, org, "paraplu", "test")
+    await world.command("help")
+    world.to_client()
+    await world.text("paraplu")
+    assert [sent.text for sent in world.to_client()] == ["Oké, top! 👍"]
+    world.clock.advance(timedelta(hours=1))
+    assert await world.service.fire_timeouts() == 0
+    assert her_escalations(world) == ["duress"]
+    await world.text("hoi")
+    said = " ".join(sent.text for sent in world.to_client())
+    assert "Zal ik Anna" not in said, said
+
+
+async def test_after_a_wipe_the_safety_question_is_not_put_back_on_her_screen(
+    world: World,
+) -> None:
+    """She wipes the chat in the middle of the safety check (someone may be looking): the
+    question does not come back after the wipe, and Anna is still alerted when its 30
+    minutes are up, without a word to her."""
+    await asked_if_anna_may_be_alerted(world)
+    await world.command("wissen")
+    await world.press(world.to_client()[-1].button("Ja, alles wissen"))
+    assert [sent.text for sent in world.to_client() if sent.kind != "delete"] == ["👍"]
+    world.clock.advance(timedelta(minutes=31))
+    await world.service.fire_timeouts()
+    assert her_escalations(world) == ["safety_check_no_answer"]
+    assert world.to_client() == []
 
 
 async def test_after_her_duress_word_nothing_she_was_asked_follows_up_on_her_screen(

@@ -20,17 +20,21 @@ from dialogues import (
     Flow,
     Input,
     Library,
+    NotifyWorker,
     Say,
     Session,
     SessionError,
     TextInput,
     TimeoutInput,
+    ask_again,
     event_from_dict,
     event_to_dict,
     load_flow_text,
     load_library,
     resume,
+    silence_alerts,
     start,
+    takes_choice,
     timeout_alerts,
 )
 
@@ -217,6 +221,45 @@ def test_a_question_whose_silence_alerts_her_worker_is_known(library: Library) -
         safety.session, ChoiceInput(_first_choice(safety.events, "no")), library, CONTEXT
     )
     assert ended.session.node is None and not timeout_alerts(ended.session, library)
+
+
+def test_a_question_left_for_a_command_can_be_alerted_asked_again_and_answered(
+    library: Library,
+) -> None:
+    """What the host needs to hold a question she left: `interrupted` says she left it for
+    another flow (not for a danger the question hears out), `silence_alerts` gives only the
+    alerts its silence promised (through chained time-outs, out of office hours here),
+    `ask_again` asks it with fresh buttons, and `takes_choice` knows its old buttons."""
+    safety = start(library.active("safety_check"), CONTEXT, "nl", flows=library)
+    left = resume(safety.session, CommandInput("help"), library, CONTEXT)
+    assert left.interrupted and left.session.flow == "help"
+    answered = resume(
+        safety.session, ChoiceInput(_first_choice(safety.events, "no")), library, CONTEXT
+    )
+    assert not answered.interrupted
+    idle = resume(answered.session, CommandInput("help"), library, CONTEXT)
+    assert not idle.interrupted, "nothing waited"
+    assert silence_alerts(safety.session, library, CONTEXT) == (
+        Escalate("normal", "safety_check_no_answer"),
+    )
+    loaded = load_flow_text(_SILENCE, "silence.yml")
+    silence = Library(
+        {**library.flows, "silence": Flow(loaded.spec, loaded.content_hash)}, library.triggers()
+    )
+    chained = start(silence.active("silence"), CONTEXT, "nl", flows=silence)
+    out_of_hours = {**CONTEXT, "office_hours": False}
+    assert silence_alerts(chained.session, silence, out_of_hours) == (NotifyWorker("silent"),)
+    assert silence_alerts(chained.session, silence, CONTEXT) == ()
+    again = ask_again(safety.session, library, CONTEXT, "Terug:")
+    (say,) = again.events
+    assert isinstance(say, Say) and say.text.startswith("Terug:\n\nIk wil zeker weten")
+    assert again.session == replace(safety.session, turn=safety.session.turn + 1)
+    old_no = ChoiceInput(_first_choice(safety.events, "no"))
+    assert takes_choice(safety.session, old_no, library)
+    assert not takes_choice(again.session, old_no, library), "stale once asked again"
+    assert takes_choice(again.session, ChoiceInput(say.choices[1].id), library)
+    with pytest.raises(SessionError):
+        ask_again(answered.session, library, CONTEXT, "Terug:")
 
 
 def test_a_session_whose_flow_changed_under_it_is_refused(library: Library) -> None:
