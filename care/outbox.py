@@ -1054,6 +1054,7 @@ class OutboxSender:
         self._wake = asyncio.Event()
         self._wakes = 0  # counts wake() calls: a claim started after the last one saw all rows
         self._claimed_wakes = -1
+        self._settled = 0  # counts rows settled (`_done`): see `_refill`
         self._recheck = False
         self._last_claimed = 0
         self._last_refill = float("-inf")
@@ -1390,6 +1391,7 @@ class OutboxSender:
     async def _refill(self) -> None:
         opts = self.options
         self._claimed_wakes = wakes = self._wakes
+        settled = self._settled
         self._recheck = False
         self._last_refill = time.monotonic()
         # Rows handed over by turns do not count: a full queue of them must not keep older
@@ -1412,8 +1414,11 @@ class OutboxSender:
         self._queue.extend(fresh)
         self._queue.sort(key=_in_order)
         self._last_claimed = len(fresh)
+        # Idle only when this claim saw all there is: no row was written since it began (a
+        # wake), and none settled meanwhile (the claim may have seen it still open and held
+        # back the person's next row; a stop's flush then left that row unsent).
         nothing = not fresh and not self._queue and not self._in_flight
-        if nothing and wakes == self._wakes:
+        if nothing and wakes == self._wakes and settled == self._settled:
             self._idle.set()
 
     async def _arm(self, item: _Item) -> None:
@@ -1464,6 +1469,7 @@ class OutboxSender:
             self._done(item)
 
     def _done(self, item: _Item) -> None:
+        self._settled += 1
         self._in_flight.pop(item.row_id, None)
         self._known.discard(item.row_id)
         self._busy_recipients.discard(item.recipient)

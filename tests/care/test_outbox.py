@@ -855,6 +855,60 @@ async def test_a_turn_hands_its_replies_over_without_a_claim(
     assert [row(care_ctx, i).status for i in ids] == [OutboxStatus.SENT] * 2
 
 
+async def test_a_flush_sends_what_waited_behind_a_message_settled_during_a_claim(
+    care_ctx: Care, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her second message waits while her first is on its way (her messages go in order). A
+    stop's flush claims: the claim sees her first still open and takes nothing, and the first
+    is sent before the claim ends. That is not "nothing left": the flush goes on and sends the
+    second (before, the bot's stop left her replies in the outbox until the next start)."""
+    fast_limits(care_ctx)
+    her = ("client", people.client_ids[0])
+    first = put(care_ctx, her, "first")
+    channel = FakeChannel()
+    sender = OutboxSender(care_ctx, channel, options=FAST)
+    on_its_way, release = asyncio.Event(), asyncio.Event()
+    deliver = channel.deliver
+
+    async def slow_first(message: Any) -> Any:
+        if message.outbox_id == first:
+            on_its_way.set()
+            await release.wait()
+        return await deliver(message)
+
+    monkeypatch.setattr(channel, "deliver", slow_first)
+    stop_asked, looked, settled = threading.Event(), threading.Event(), threading.Event()
+    real_claim = sender._claim
+
+    def claim(*args: Any) -> Any:
+        late = stop_asked.is_set()  # a claim begun by the flush, while the first is away
+        items = real_claim(*args)
+        if late and not settled.is_set():
+            looked.set()
+            settled.wait(5)  # ...ends after the first was sent
+        return items
+
+    monkeypatch.setattr(sender, "_claim", claim)
+    await sender.start()
+    await asyncio.wait_for(on_its_way.wait(), 5)
+    second = put(care_ctx, her, "second")
+    stop_asked.set()
+    stopped = asyncio.create_task(sender.stop(flush=True))
+    try:
+        assert await asyncio.to_thread(looked.wait, 5)
+        release.set()
+        await channel.wait_for(1)
+        while row(care_ctx, first).status is not OutboxStatus.SENT:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the sender has settled it
+    finally:
+        settled.set()
+        release.set()
+        await asyncio.wait_for(stopped, 15)
+    assert channel.delivered_ids() == [first, second]
+    assert row(care_ctx, second).status is OutboxStatus.SENT
+
+
 async def test_a_turns_reply_goes_to_the_channel_in_the_loops_next_round(
     care_ctx: Care, people: People
 ) -> None:
