@@ -428,6 +428,40 @@ async def test_forged_and_old_buttons_change_nothing(telegram_bot: TelegramWorld
     assert fake.unanswered_callbacks() == []
 
 
+async def test_a_safety_question_she_left_for_help_can_still_be_answered(
+    telegram_bot: TelegramWorld,
+) -> None:
+    """Asked "shall I alert Anna?", she opens the help menu and answers the question on its
+    own message after all. Later, asked again, she goes through the help menu: the question
+    comes back when she is done there, and she answers it on the new message."""
+    tg = telegram_bot
+    fake = tg.fake
+    await tg.enroll()
+
+    def danger() -> int:
+        return fake.push_text(CLIENT_CHAT, "ik weet niet waar ik ben")
+
+    (question,) = await tg.exchange(danger)
+    assert question.text is not None and question.text.startswith("Ik wil zeker weten")
+    await tg.exchange(lambda: fake.push_command(CLIENT_CHAT, "/help"))
+    sent = await tg.exchange(lambda: fake.press(CLIENT_CHAT, "Nee, nu niet", question.message_id))
+    assert sent[0].text is not None and sent[0].text.startswith("Oké, ik doe niks")
+
+    await tg.exchange(danger)
+    await tg.exchange(lambda: fake.push_command(CLIENT_CHAT, "/help"))
+    sent = await tg.exchange(lambda: fake.press(CLIENT_CHAT, "Iets anders"), expect=2)
+    again = sent[1]
+    assert again.text is not None and again.text.startswith(
+        "Even terug naar mijn vraag van net:\n\nIk wil zeker weten"
+    )
+    sent = await tg.exchange(lambda: fake.press(CLIENT_CHAT, "Ja, graag", again.message_id))
+    assert sent[0].text is not None and sent[0].text.startswith("Ik heb Anna een seintje")
+    await tg.settle()
+    with tg.care.sessions() as session:
+        assert session.scalars(select(Escalation.reason)).all() == ["safety_check_alert"]
+    assert fake.unanswered_callbacks() == []
+
+
 async def test_a_worker_of_another_organisation_is_refused_and_audited(
     telegram_bot: TelegramWorld,
 ) -> None:
