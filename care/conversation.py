@@ -981,13 +981,13 @@ class ConversationService:
     ) -> datetime | Literal["asked"] | None:
         """After her turn's events: when the flow that took her away has ended, the held
         question is asked again, in her language, with fresh buttons and its first time-out.
-        Not after a wipe (it would be back on her screen), nor when she paused or stopped:
-        its alert then still comes at its time, and she is asked nothing. Returns the
-        question's time-out for `_save`."""
+        Not after a wipe (it would be back on her screen), nor when she paused, went on or
+        stopped just now, nor after a stop: its alert then still comes at its time, and she
+        is asked nothing. Returns the question's time-out for `_save`."""
         held, until = state.held, state.held_until
         if held is None or until is None or until <= now or step.session.waiting:
             return "asked"
-        if client.status is not ClientStatus.ACTIVE or any(
+        if client.status is ClientStatus.ENDED or any(
             isinstance(event, Wipe | SetStatus) for event in step.events
         ):
             return "asked"

@@ -711,6 +711,22 @@ async def test_when_the_command_is_done_the_safety_question_is_asked_again(
     ]
 
 
+async def test_a_paused_girl_who_writes_gets_the_safety_question_back_too(
+    world: World,
+) -> None:
+    """Her pause holds back what the bot would send of itself, not her own conversation:
+    paused, she writes something that may mean danger, looks at the help menu, and the
+    question comes back when she is done there."""
+    await enrolled(world)
+    with world.care.sessions.begin() as session:
+        session.get_one(Client, world.client_id).status = ClientStatus.PAUSED
+    await world.text("ik weet niet waar ik ben")
+    world.to_client()
+    await world.command("help")
+    await world.press(world.to_client()[-1].button("Iets anders"))
+    assert world.to_client()[-1].text.startswith("Even terug naar mijn vraag van net:")
+
+
 async def test_the_safety_question_she_left_can_still_be_answered_with_its_buttons(
     world: World,
 ) -> None:
