@@ -993,8 +993,13 @@ class ConversationService:
             return "asked"
         lead = text_for("held_again", client.language)
         try:
+            # Her latest turn, so that every button she was shown since is stale as well.
+            latest = max(held.turn, step.session.turn)
             again = dialogues.ask_again(
-                dataclasses.replace(held, lang=client.language), self.flows, context, lead
+                dataclasses.replace(held, lang=client.language, turn=latest),
+                self.flows,
+                context,
+                lead,
             )
         except (dialogues.SessionError, dialogues.UnknownFlowError):
             return "asked"  # its content changed: its alert still comes at its time

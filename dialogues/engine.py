@@ -248,7 +248,8 @@ def silence_alerts(session: Session, flows: FlowSource, context: Context) -> tup
 
 def ask_again(session: Session, flows: FlowSource, context: Context, lead: str) -> Step:
     """Ask the question `session` waits on once more, after `lead` ("Back to my question:"),
-    with fresh buttons (a new turn: the buttons of every earlier message are stale)."""
+    with fresh buttons: a turn after the session's, so give it her latest turn (the buttons
+    of every earlier message are then stale)."""
     flow, waiting = _waiting(session, flows)
     if flow is None or waiting is None or session.node is None:
         raise SessionError("no question waits in this session")

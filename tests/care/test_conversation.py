@@ -727,6 +727,29 @@ async def test_a_paused_girl_who_writes_gets_the_safety_question_back_too(
     assert world.to_client()[-1].text.startswith("Even terug naar mijn vraag van net:")
 
 
+async def test_the_question_asked_again_leaves_every_button_shown_before_stale(
+    world: World,
+) -> None:
+    """The question comes back on a turn after all she was asked on the way: a button from
+    the help flow, shown before the question came back, stays stale even when that same
+    question of the help flow is asked again later."""
+    await asked_if_anna_may_be_alerted(world)
+    await world.command("help")
+    await world.press(world.to_client()[-1].button("Contact met Anna"))
+    (contact,) = world.to_client()
+    assert contact.text.startswith("Zal ik Anna vragen om contact met je op te nemen?")
+    await world.press(contact.button("Nee, toch niet"))
+    again = world.to_client()[-1]
+    assert again.text.startswith("Even terug naar mijn vraag van net:")
+    await world.press(again.button("Nee, nu niet"))
+    world.to_client()
+    await world.text("ik wil met Anna praten")
+    assert world.to_client()[-1].text.startswith("Zal ik Anna vragen om contact")
+    await world.press(contact.button("Ja, graag"))  # on the message from before
+    assert world.to_client()[-1].text.startswith("Die knop hoort bij een eerder bericht.")
+    assert her_escalations(world) == []
+
+
 async def test_the_safety_question_she_left_can_still_be_answered_with_its_buttons(
     world: World,
 ) -> None:
