@@ -345,8 +345,9 @@ class DialogueSession(Base):
     state_enc: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     timeout_at: Mapped[datetime | None] = mapped_column(index=True)
-    """When the question she has not answered times out (its node's `timeout_minutes`);
-    None while nothing waits for her, or what waits never times out."""
+    """When the question she has not answered times out (its node's `timeout_minutes`), or
+    the alert of a question she left for another flow is due, whichever comes first; None
+    while nothing waits for her, or what waits never times out."""
 
 
 class OutboxMessage(Base):
