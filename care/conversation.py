@@ -746,6 +746,7 @@ class ConversationService:
         flow = self.flows.active("onboarding")
         turn = state.session.turn if state.session else 0
         step = dialogues.start(flow, context, client.language, flows=self.flows, turn=turn)
+        self._hold_waiting(session, client, state)  # onboarding takes its place
         self._notify_worker(session, client, "enrolled")
         self._apply(session, client, state, step.events, now)
         state.session = step.session
@@ -963,10 +964,16 @@ class ConversationService:
                 log.info("question.held_dropped client=%s reason=escalated", client.id)
             state.held = state.held_until = None
             return
-        if not step.interrupted or state.session is None:
-            return
+        if step.interrupted:
+            self._hold_waiting(session, client, state)
+
+    def _hold_waiting(self, session: Session, client: Client, state: _State) -> None:
+        """Hold the question waiting for her, if its silence alerts her worker: another flow
+        takes its place now."""
         until = self._pending_alert(session, client, state)
-        if until is not None and (state.held_until is None or until < state.held_until):
+        if state.session is None or until is None:
+            return
+        if state.held_until is None or until < state.held_until:
             state.held, state.held_until = state.session, until
             log.info("question.held client=%s flow=%s", client.id, state.session.flow)
 

@@ -820,6 +820,22 @@ async def test_her_duress_word_settles_the_safety_question_she_left(world: World
     assert "Zal ik Anna" not in said, said
 
 
+async def test_a_safety_question_open_when_she_links_a_new_phone_still_alerts_anna(
+    world: World,
+) -> None:
+    """She is asked "shall I alert Anna?" and then links a new phone with a new code: the
+    introduction starts there, and the question's 30 minutes of silence still alert Anna."""
+    await asked_if_anna_may_be_alerted(world)
+    with world.care.sessions.begin() as session:
+        her = session.get_one(Client, world.client_id)
+        code = directory.reissue_client_code(session, world.care.vault, her)
+    await world.command("start", code, chat_id=CLIENT_CHAT + 1)
+    assert world.to_client()[0].text == "Hoi! 👋 Fijn dat je er bent."
+    world.clock.advance(timedelta(minutes=31))
+    await world.service.fire_timeouts()
+    assert her_escalations(world) == ["safety_check_no_answer"]
+
+
 async def test_after_a_wipe_the_safety_question_is_not_put_back_on_her_screen(
     world: World,
 ) -> None:
