@@ -504,6 +504,23 @@ def her_escalations(world: World) -> list[str]:
         )
 
 
+NO_ANSWER_SAID = (
+    "Ik hoorde niks meer van je. Daarom heb ik Anna een seintje gegeven. Ben je in gevaar? Bel 112."
+)
+"""What the safety check tells her when her silence alerted Anna."""
+SAFETY_QUESTION = "Ik wil zeker weten dat het goed met je gaat. Zal ik Anna nu een seintje geven?"
+
+
+async def asked_if_anna_may_be_alerted(world: World) -> Sent:
+    """She writes something that may mean danger; the safety check asks her (30 minutes of
+    silence alert Anna). Returns the question."""
+    await enrolled(world)
+    await world.text("ik weet niet waar ik ben")
+    (question,) = world.to_client()
+    assert question.text == SAFETY_QUESTION
+    return question
+
+
 async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: World) -> None:
     """The safety check waits 30 minutes for her (`timeout_minutes`); then her worker is
     alerted gently and she is told so. It happens once, however often the job looks."""
@@ -516,10 +533,7 @@ async def test_a_safety_check_she_does_not_answer_alerts_her_worker_once(world: 
     world.clock.advance(timedelta(minutes=2))
     assert await world.service.fire_timeouts() == 1
     assert her_escalations(world) == ["safety_check_no_answer"]
-    assert [sent.text for sent in world.to_client()] == [
-        "Ik hoorde niks meer van je. Daarom heb ik Anna een seintje gegeven. "
-        "Ben je in gevaar? Bel 112."
-    ]
+    assert [sent.text for sent in world.to_client()] == [NO_ANSWER_SAID]
     alerts = world.to_worker()
     assert [a.kind for a in alerts] == ["alert"]
     assert "schreef iets wat op gevaar wijst en antwoordt niet meer" in alerts[0].text
@@ -537,10 +551,8 @@ async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
     would have replaced the question, and the alert with it): nothing new on her screen, her
     worker sees why it was not sent, and 30 minutes of silence still alert Anna. Once the
     question is settled, scheduled messages go out again."""
-    await enrolled(world)
+    await asked_if_anna_may_be_alerted(world)
     add_appointment(world, OFFICE_TIME + timedelta(days=1))
-    await world.text("ik weet niet waar ik ben")
-    assert world.to_client()[-1].text.startswith("Ik wil zeker weten dat het goed met je gaat")
     world.clock.advance(timedelta(minutes=10))
     assert not await world.service.start_flow(world.client_id, scheduled, dedupe_key="due:1")
     assert world.to_client() == []
@@ -552,10 +564,7 @@ async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
     world.clock.advance(timedelta(minutes=21))
     assert await world.service.fire_timeouts() == 1
     assert her_escalations(world) == ["safety_check_no_answer"]
-    assert [sent.text for sent in world.to_client()] == [
-        "Ik hoorde niks meer van je. Daarom heb ik Anna een seintje gegeven. "
-        "Ben je in gevaar? Bel 112."
-    ]
+    assert [sent.text for sent in world.to_client()] == [NO_ANSWER_SAID]
     assert [alert.kind for alert in world.to_worker()] == ["alert"]
     assert await world.service.start_flow(world.client_id, scheduled, dedupe_key="due:2")
     assert len(world.to_client()) == 1
@@ -606,9 +615,7 @@ async def test_a_safety_question_whose_time_out_was_given_up_holds_nothing_back(
     """When her safety check's time-out failed for ten minutes, the bot gave up on it (her
     worker got an urgent alert then) and left the question waiting: no alert is still to
     come, so check-ins go out again instead of being held back for good."""
-    await enrolled(world)
-    await world.text("ik weet niet waar ik ben")
-    world.to_client()
+    await asked_if_anna_may_be_alerted(world)
     with world.care.sessions.begin() as session:  # what giving up leaves (`_NO_TIMEOUT`)
         session.execute(
             update(DialogueSession)
@@ -633,19 +640,6 @@ async def test_a_scheduled_message_still_replaces_a_question_whose_silence_alert
     assert len(world.to_client()) == 1
     with world.care.sessions() as session:
         assert outbox.skipped_sends(session, world.client_id) == []
-
-
-SAFETY_QUESTION = "Ik wil zeker weten dat het goed met je gaat. Zal ik Anna nu een seintje geven?"
-
-
-async def asked_if_anna_may_be_alerted(world: World) -> Sent:
-    """She writes something that may mean danger; the safety check asks her (30 minutes of
-    silence alert Anna). Returns the question."""
-    await enrolled(world)
-    await world.text("ik weet niet waar ik ben")
-    (question,) = world.to_client()
-    assert question.text == SAFETY_QUESTION
-    return question
 
 
 @pytest.mark.parametrize(
