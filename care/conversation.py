@@ -1105,6 +1105,7 @@ class ConversationService:
         priority: OutboxPriority = OutboxPriority.REMINDER,
         dedupe_key: str | None = None,
         expires_at: datetime | None = None,
+        defer: Callable[[datetime], bool] | None = None,
     ) -> bool:
         """Start a flow for her (a reminder, a check-in) on its active version.
 
@@ -1113,27 +1114,23 @@ class ConversationService:
         returns False and changes nothing). False too for a client who is paused, stopped,
         unreachable or not enrolled, and while a question waits for her whose silence
         alerts her worker (the safety check): starting would drop it, and the alert with it.
-        That is recorded for her worker as a skip.
+        That is recorded for her worker as a skip, unless `defer` (asked with the moment
+        that question times out, with her row locked) answers True: the caller then runs
+        the flow again later, and nothing is recorded.
         """
         started = await asyncio.to_thread(
-            self._start_flow, client_id, flow, context or {}, priority, dedupe_key, expires_at
+            self._start_flow,
+            client_id,
+            flow,
+            context or {},
+            priority,
+            dedupe_key,
+            expires_at,
+            defer,
         )
         if started:
             self.wake()
         return started
-
-    async def alert_waits_until(self, client_id: int) -> datetime | None:
-        """When the question waiting for her times out, if her silence would alert her
-        worker (the safety check): until then `start_flow` holds scheduled flows back. None
-        when nothing holds them."""
-        return await asyncio.to_thread(self._alert_waits_until, client_id)
-
-    def _alert_waits_until(self, client_id: int) -> datetime | None:
-        with self.care.sessions() as session:
-            client = session.get(Client, client_id)
-            if client is None or client.data_key_id is None:
-                return None
-            return self._pending_alert(session, client, self._load(session, client))
 
     def _start_flow(
         self,
@@ -1143,6 +1140,7 @@ class ConversationService:
         priority: OutboxPriority,
         dedupe_key: str | None,
         expires_at: datetime | None,
+        defer: Callable[[datetime], bool] | None,
     ) -> bool:
         try:
             with self.care.sessions.begin() as session:
@@ -1164,9 +1162,14 @@ class ConversationService:
                     return False
                 now = self.clock.now()
                 state = self._load(session, client)
-                if self._pending_alert(session, client, state) is not None:
+                waits_until = self._pending_alert(session, client, state)
+                if waits_until is not None:
                     # Her unanswered question would alert her worker (the safety check):
-                    # this flow would drop it, and the alert with it. Her worker sees why.
+                    # this flow would drop it, and the alert with it. The caller runs it
+                    # again once the question is settled, or her worker sees why it was not.
+                    if defer is not None and defer(waits_until):
+                        log.info("flow.deferred client=%s flow=%s", client_id, flow_id)
+                        return False
                     outbox.record_skip(
                         session, client.id, flow_id, outbox.SKIP_ALERT_WAITS, ref=dedupe_key, at=now
                     )

@@ -264,20 +264,19 @@ async def send_reminder(
     due = await asyncio.to_thread(_prepare, care, appointment_id, offset_minutes, now)
     if due is None:
         return False
-    held_until = await conversation.alert_waits_until(due.client_id)
-    later = max(held_until, now) + DEFER_MARGIN if held_until is not None else None
-    if later is not None and later < due.starts_at:
-        # A safety question waits for her answer, and the reminder would take its place (and
-        # the alert it promises): it comes once the question is settled. (Too close to the
-        # appointment for that, `start_flow` holds it back and her worker sees why.)
-        await asyncio.to_thread(_defer, care, appointment_id, offset_minutes, later, due.starts_at)
-        log.info(
-            "reminder.deferred appointment=%d offset=%d minutes=%d",
-            appointment_id,
-            offset_minutes,
-            int((later - now).total_seconds() // 60),
-        )
-        return False
+    starts_at = due.starts_at
+    waits: list[datetime] = []
+
+    def wait_for_safety_question(until: datetime) -> bool:
+        """A safety question waits for her answer until `until`, and the reminder would take
+        its place (and the alert it promises): it comes once the question is settled, unless
+        that is too close to the appointment (then her worker sees why it was not sent)."""
+        later = max(until, now) + DEFER_MARGIN
+        if later >= starts_at:
+            return False
+        waits.append(later)
+        return True
+
     started = await conversation.start_flow(
         due.client_id,
         FLOW,
@@ -285,7 +284,18 @@ async def send_reminder(
         priority=OutboxPriority.REMINDER,
         dedupe_key=job_id(appointment_id, offset_minutes),
         expires_at=due.starts_at,
+        defer=wait_for_safety_question,
     )
+    if waits:
+        (later,) = waits
+        await asyncio.to_thread(_defer, care, appointment_id, offset_minutes, later, starts_at)
+        log.info(
+            "reminder.deferred appointment=%d offset=%d minutes=%d",
+            appointment_id,
+            offset_minutes,
+            int((later - now).total_seconds() // 60),
+        )
+        return False
     log.info(
         "reminder.run appointment=%d offset=%d started=%s", appointment_id, offset_minutes, started
     )

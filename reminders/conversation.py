@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -21,11 +21,10 @@ class FlowStarter(Protocol):
         priority: OutboxPriority = OutboxPriority.REMINDER,
         dedupe_key: str | None = None,
         expires_at: datetime | None = None,
+        defer: Callable[[datetime], bool] | None = None,
     ) -> bool:
-        """Start `flow` for her; False when not started (duplicate key, paused, ...)."""
-        ...
-
-    async def alert_waits_until(self, client_id: int) -> datetime | None:
-        """When her unanswered question that would alert her worker times out (None: no
-        such question waits); until then `start_flow` holds scheduled flows back."""
+        """Start `flow` for her; False when not started (duplicate key, paused, ...). While
+        her unanswered question would alert her worker (the safety check), scheduled flows
+        are held back: `defer` is asked with when that question times out, and True means
+        the caller runs the flow again later (else her worker sees it was not sent)."""
         ...

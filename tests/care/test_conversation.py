@@ -609,6 +609,48 @@ async def test_her_appointment_reminder_comes_once_the_safety_question_is_settle
         assert outbox.skipped_sends(session, world.client_id) == []
 
 
+async def test_a_safety_question_that_begins_as_her_reminder_runs_still_moves_it(
+    world: World,
+) -> None:
+    """Her reminder job runs at 13:00, and in the same moment she writes something that may
+    mean danger and is asked "shall I alert Anna?". Whichever comes first, the reminder is
+    not lost: it did not replace the question, nothing is recorded as not sent, and its job
+    moves to just after the question's 30 minutes. (It was skipped for good when the
+    question came between the reminder's look at her and its start.)"""
+    from reminders import jobstore
+    from reminders.appointments import create_appointment, send_reminder
+
+    await enrolled(world)
+    starts = OFFICE_TIME + timedelta(hours=5)  # Tuesday 15:00 in Amsterdam
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        worker = session.get_one(Worker, world.worker_id)
+        appointment_id = create_appointment(
+            session, world.care, client, worker, starts, "Buurthuis", now=world.clock.now()
+        ).id
+    world.clock.advance(timedelta(hours=3))  # 13:00, two hours before
+    service = world.service
+
+    class SheWritesFirst:
+        """The service, as her danger text is handled just before the reminder starts."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(service, name)
+
+        async def start_flow(self, *args: Any, **kwargs: Any) -> bool:
+            await world.text("ik weet niet waar ik ben")
+            return await service.start_flow(*args, **kwargs)
+
+    assert not await send_reminder(
+        world.care, SheWritesFirst(), appointment_id, 120, world.clock.now()
+    )
+    assert [sent.text for sent in world.to_client()] == [SAFETY_QUESTION]
+    with world.care.sessions() as session:
+        assert outbox.skipped_sends(session, world.client_id) == []
+        moved = jobstore.job_times(session, "appt:")[f"appt:{appointment_id}:120"]
+    assert moved == OFFICE_TIME + timedelta(hours=3, minutes=32)  # her 30 minutes, and 2
+
+
 async def test_a_safety_question_whose_time_out_was_given_up_holds_nothing_back(
     world: World,
 ) -> None:
@@ -622,8 +664,9 @@ async def test_a_safety_question_whose_time_out_was_given_up_holds_nothing_back(
             .where(DialogueSession.client_id == world.client_id)
             .values(timeout_at=None)
         )
-    assert await world.service.alert_waits_until(world.client_id) is None
-    assert await world.service.start_flow(world.client_id, "checkin")
+    asked: list[datetime] = []
+    assert await world.service.start_flow(world.client_id, "checkin", defer=asked.append)
+    assert asked == [], "nothing holds the check-in back, so there is nothing to wait for"
     assert world.to_client()[-1].text == "Hoi! Hoe gaat het vandaag?"
 
 

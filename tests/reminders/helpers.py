@@ -107,11 +107,7 @@ class FakeConversation:
     calls: list[dict[str, object]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     held_until: dict[int, datetime] = field(default_factory=dict)
-    """Per client: when her open safety question times out (`alert_waits_until`)."""
-
-    async def alert_waits_until(self, client_id: int) -> datetime | None:
-        """What `held_until` says for her."""
-        return self.held_until.get(client_id)
+    """Per client: when her open safety question times out (asked of `defer`)."""
 
     async def start_flow(
         self,
@@ -122,8 +118,13 @@ class FakeConversation:
         priority: object = None,
         dedupe_key: str | None = None,
         expires_at: object = None,
+        defer: Callable[[datetime], bool] | None = None,
     ) -> bool:
-        """Record the call; False for a dedupe key seen before."""
+        """Record the call; False for a dedupe key seen before, and False without a record
+        when her safety question (`held_until`) holds the flow back and `defer` takes it."""
+        held = self.held_until.get(client_id)
+        if held is not None and defer is not None and defer(held):
+            return False
         if dedupe_key is not None and dedupe_key in self.keys:
             return False
         if dedupe_key is not None:
