@@ -24,6 +24,13 @@ girls): near 100%, the fake's own queue would be in every row's figures.
     .venv/bin/python bench/turn_latency.py                      # 50 girls x 12 turns (~2 min)
     .venv/bin/python bench/turn_latency.py --clients 200 --turns 20   # the issue's run (~7 min)
     .venv/bin/python bench/turn_latency.py --backends sqlite --think 0  # saturation
+    .venv/bin/python bench/turn_latency.py --backends postgres --inside  # where a turn waits
+
+`--inside` also times each turn's transaction inside the bot, with SQLAlchemy's events, and
+splits its time into the turn thread's own CPU, the waits inside its statements and COMMIT
+(for the database's answer, and then for the GIL again), and the rest: waits for the GIL
+between statements. The events cost the bot a little CPU, so compare the other figures from
+runs without it.
 
 Telegram's own pacing (1 message/s per chat) is lifted in the bot's settings and not enforced
 by the fake: this measures the bot's work, not Telegram's limits. Targets (issue 5): our p50
@@ -46,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -315,8 +323,85 @@ def bench_care(url: str, clients: int) -> Care:
     return care
 
 
-async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dict[str, Any]:
-    """The whole bot (bootstrap.serve_telegram) with the embedded NLU."""
+class TurnTimer:
+    """`--inside`: each transaction on the turn threads (asyncio's default executor; the
+    outbox sender's threads are left out), from its BEGIN until its COMMIT is done: wall
+    time, the thread's CPU, and how long its statements and COMMIT took, in wall time and
+    in the thread's CPU."""
+
+    def __init__(self, care: Care) -> None:
+        from sqlalchemy import event
+
+        self.rows: list[tuple[float, float, float, float, int]] = []
+        self._local = threading.local()
+        engine = care.engine
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        event.listen(engine, "commit", self._before_commit)
+        event.listen(care.sessions, "after_commit", self._committed)
+
+    @staticmethod
+    def _on_turn_thread() -> bool:
+        return threading.current_thread().name.startswith("asyncio")
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        return time.perf_counter(), time.thread_time()
+
+    def _begin(self, _connection: object) -> None:
+        if self._on_turn_thread():
+            # [began wall, began cpu, database wall, database cpu, statements]
+            self._local.turn = [*self._now(), 0.0, 0.0, 0]
+
+    def _before(self, *_args: object) -> None:
+        self._local.statement = self._now()
+
+    def _after(self, *_args: object) -> None:
+        turn = getattr(self._local, "turn", None)
+        if turn is None:
+            return
+        wall, cpu = self._now()
+        began_wall, began_cpu = self._local.statement
+        turn[2] += wall - began_wall
+        turn[3] += cpu - began_cpu
+        turn[4] += 1
+
+    def _before_commit(self, _connection: object) -> None:
+        self._local.statement = self._now()
+
+    def _committed(self, _session: object) -> None:
+        turn = getattr(self._local, "turn", None)
+        if turn is None:
+            return
+        self._local.turn = None
+        wall, cpu = self._now()
+        began_wall, began_cpu = self._local.statement
+        database_wall = turn[2] + wall - began_wall
+        database_cpu = turn[3] + cpu - began_cpu
+        self.rows.append((wall - turn[0], cpu - turn[1], database_wall, database_cpu, turn[4]))
+
+    def figures(self) -> dict[str, float]:
+        """Medians and means in ms over the transactions timed (none: empty)."""
+        if not self.rows:
+            return {}
+        walls, cpus, db_walls, db_cpus, statements = zip(*self.rows, strict=True)
+        n = len(self.rows)
+        return {
+            "inside_turns": n,
+            "inside_wall_p50_ms": statistics.median(walls) * 1e3,
+            "inside_wall_ms": sum(walls) / n * 1e3,
+            "inside_cpu_ms": sum(cpus) / n * 1e3,
+            "inside_db_wait_ms": (sum(db_walls) - sum(db_cpus)) / n * 1e3,
+            "inside_statements": sum(statements) / n,
+        }
+
+
+async def run_ours(
+    backend: str, clients: int, token: str, base_url: str, inside: bool = False
+) -> dict[str, Any]:
+    """The whole bot (bootstrap.serve_telegram) with the embedded NLU; with `inside`, its
+    turns' transactions timed too (`TurnTimer`)."""
     from bot.bootstrap import build, serve_telegram
     from nlu import NluConfig, build_nlu
     from nlu.config import default_cache_dir
@@ -325,6 +410,7 @@ async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dic
         url, pg_name = make_database(backend, Path(tmp))
         try:
             care = bench_care(url, clients)
+            timer = TurnTimer(care) if inside else None
             settings = care.settings
             nlu = build_nlu(NluConfig(cache_dir=default_cache_dir()))
             parts = build(settings, care=care, nlu=nlu)
@@ -341,13 +427,15 @@ async def run_ours(backend: str, clients: int, token: str, base_url: str) -> dic
             care.close()
         finally:
             drop_database(pg_name)
-    return own_figures()
+    return {**own_figures(), **(timer.figures() if timer is not None else {})}
 
 
 # ---------------------------------------------------------------------------- parent
 
 
-def scenario(kind: str, backend: str, clients: int, turns: int, think: float) -> dict[str, Any]:
+def scenario(
+    kind: str, backend: str, clients: int, turns: int, think: float, inside: bool = False
+) -> dict[str, Any]:
     """Serve one bot in a child process while the girls chat with it here."""
     with FakeTelegram() as fake:
         command = [
@@ -363,6 +451,7 @@ def scenario(kind: str, backend: str, clients: int, turns: int, think: float) ->
             fake.token,
             "--base-url",
             fake.base_url,
+            *(["--inside"] if inside else []),
         ]
         bot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -401,6 +490,11 @@ def main() -> None:
         "--think", type=float, default=2.0, help="seconds she takes between turns, on average"
     )
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
+    parser.add_argument(
+        "--inside",
+        action="store_true",
+        help="also time our turns' transactions inside the bot (costs it a little CPU)",
+    )
     parser.add_argument("--child", choices=["echo", "echo-aiohttp", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="sqlite", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -413,7 +507,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(run_echo(args.token, args.base_url, ours))))
         return
     if args.child == "ours":
-        run = run_ours(args.backend, args.clients, args.token, args.base_url)
+        run = run_ours(args.backend, args.clients, args.token, args.base_url, args.inside)
         profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile stats of the bot go there
         if profile:
             import cProfile
@@ -437,7 +531,7 @@ def main() -> None:
         ("PTB echo bot (aiohttp)", echo_ours),
     ]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        figures = scenario("ours", backend, args.clients, args.turns, args.think)
+        figures = scenario("ours", backend, args.clients, args.turns, args.think, args.inside)
         rows.append((f"aftercare ({backend})", figures))
     print(
         f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}"
@@ -472,6 +566,16 @@ def main() -> None:
             print(
                 f"{name}: {figures['gc_full']} full garbage collections while serving, "
                 f"the longest {figures['gc_longest_ms']:.1f} ms"
+            )
+    for name, figures in rows:
+        if figures.get("inside_turns"):
+            wall, cpu, db = (figures[f"inside_{k}_ms"] for k in ("wall", "cpu", "db_wait"))
+            print(
+                f"{name}: inside the bot, a turn's transaction took {wall:.1f} ms on average"
+                f" (median {figures['inside_wall_p50_ms']:.1f}; {figures['inside_statements']:.1f}"
+                f" statements and its COMMIT): {cpu:.1f} ms the turn thread's CPU,"
+                f" {db:.1f} ms waiting inside its statements (for the database's answer, then"
+                f" for the GIL), {wall - cpu - db:.1f} ms waiting between them (for the GIL)"
             )
     for name, figures in rows:
         if figures.get("turns", args.clients * args.turns) < args.clients * args.turns:
