@@ -10,8 +10,10 @@ look-up and a neutral answer, nothing stored). It also prints the wall-clock tim
 of her turns to its first reply (no load, so no queueing: the turn's own work and its round
 trips to the database) and the SQL statements and transactions per turn, the sender's marks
 included; on PostgreSQL also the round trips: each statement is one, and each transaction
-adds two, BEGIN and COMMIT, or only COMMIT where its BEGIN goes with its first statement, as
-a turn's does (`care.db.PIPELINED_BEGIN`); an autocommitted statement adds none. Unlike the
+adds two, BEGIN and COMMIT, one less where its BEGIN goes with its first statement, as a
+turn's does (`care.db.PIPELINED_BEGIN`), and one less again where its COMMIT goes with its
+last statement, as a turn's does when it writes one reply (`care.db.COMMIT_ALONG`); an
+autocommitted statement adds none. Unlike the
 times, these counts do not move with the machine's mood.
 
 `bench/turn_latency.py` measures the whole bot under load, where the VM's speed moves the
@@ -42,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, event
 
@@ -51,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench.turn_latency import FIRST_CHAT, bench_care, drop_database, make_database  # noqa: E402
 from bot.bootstrap import build, make_sender  # noqa: E402
 from care.conversation import Inbound  # noqa: E402
-from care.db import BEGIN_WITH_FIRST  # noqa: E402
+from care.db import BEGIN_WITH_FIRST, COMMIT_ALONG  # noqa: E402
 from care.outbox import Button, Delivered, Outgoing  # noqa: E402
 from nlu import NluConfig, build_nlu  # noqa: E402
 from nlu.config import default_cache_dir  # noqa: E402
@@ -112,6 +115,9 @@ class Figures:
     pipelined: int = 0
     """Of them, those whose BEGIN went with their first statement (`care.db.PIPELINED_BEGIN`):
     one round trip less each."""
+    committed_along: int = 0
+    """Of them, those whose COMMIT went with their last statement (`care.db.COMMIT_ALONG`):
+    one round trip less each."""
     trace: list[str] = field(default_factory=list)
     """The first measured cycle of the first girl: each turn, then its statements (their SQL
     with placeholders, never a value)."""
@@ -133,9 +139,14 @@ async def _measure(url: str, clients: int, rounds: int, baseline: bool) -> Figur
     figures = Figures()
     counting = tracing = False
 
-    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+    def count(
+        _conn: object, _cursor: object, statement: str, _params: object, context: Any, *_: object
+    ) -> None:
         if counting:
             figures.statements += 1
+            options = context.execution_options if context is not None else {}
+            if all(options.get(key) == value for key, value in COMMIT_ALONG.items()):
+                figures.committed_along += 1
             if tracing:
                 figures.trace.append("    " + " ".join(statement.split())[:TRACE_WIDTH])
 
@@ -258,7 +269,12 @@ def main() -> None:
     print(f"  SQL statements per turn            {figures.statements / len(walls):5.2f}")
     print(f"  transactions per turn              {figures.transactions / len(walls):5.2f}")
     if args.backend == "postgres":
-        trips = (figures.statements + 2 * figures.transactions - figures.pipelined) / len(walls)
+        trips = (
+            figures.statements
+            + 2 * figures.transactions
+            - figures.pipelined
+            - figures.committed_along
+        ) / len(walls)
         print(f"  round trips per turn               {trips:5.2f} (statements, BEGINs and COMMITs)")
     if args.trace:
         print("one check-in cycle, each turn and the statements it sent (the sender's included):")

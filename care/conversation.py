@@ -778,7 +778,8 @@ class ConversationService:
                 outbox.carry_riders(session)  # her new state goes with her reply (PostgreSQL)
                 result = work(session)
                 taken = handoff.take(session, written) if handoff and written else ()
-                outbox.write(session, written)  # the rows the sender did not take
+                # Every row, the last statement: on PostgreSQL the COMMIT goes with it.
+                outbox.write(session, written, last=True)
                 outbox.run_riders(session)
             if taken and handoff is not None:
                 handoff.adopt(taken)

@@ -178,6 +178,16 @@ transaction sends its BEGIN together with its first statement (one round trip le
 `_begin_with_first_statement`)."""
 
 
+COMMIT_ALONG: dict[str, Any] = {"aftercare.commit_along": True}
+"""PostgreSQL, on a `PIPELINED_BEGIN` connection: the execution options of a transaction's
+last statement, whose COMMIT goes to the server in the same write (one round trip less).
+The caller must run nothing after it in the transaction; the session's own commit then finds
+it committed and sends nothing. When the statement fails, the COMMIT is not run (PostgreSQL
+skips the rest of a pipeline after an error) and the transaction rolls back as always; when
+the COMMIT fails, the statement's execution reports it."""
+_COMMIT_ALONG = "aftercare.commit_along"
+
+
 def _begin_with_first_statement(engine: Engine) -> None:
     """On a connection with `PIPELINED_BEGIN`, the transaction's BEGIN goes to PostgreSQL in
     the same write as its first statement (psycopg's pipeline mode), and both answers come
@@ -195,12 +205,21 @@ def _begin_with_first_statement(engine: Engine) -> None:
         )
 
     def execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        if not outside(cursor, context):
+        begin = outside(cursor, context)
+        commit = bool(
+            context is not None
+            and context.execution_options.get(_COMMIT_ALONG)
+            and context.execution_options.get(BEGIN_WITH_FIRST)
+        )
+        if not begin and not commit:
             return False
         connection = cursor.connection
         with connection.pipeline():
-            connection.execute(b"BEGIN", prepare=False)
+            if begin:
+                connection.execute(b"BEGIN", prepare=False)
             cursor.execute(statement, parameters)
+            if commit:
+                connection.execute(b"COMMIT", prepare=False)
         return True
 
     def begin_first(cursor: Any, context: Any) -> bool:

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -60,7 +61,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from care.clock import Clock, SystemClock
-from care.db import BEFORE_SAVEPOINT, insert_new_rows, one_of
+from care.db import BEFORE_SAVEPOINT, BEGIN_WITH_FIRST, COMMIT_ALONG, insert_new_rows, one_of
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -235,28 +236,53 @@ _WRITTEN_COLUMNS = (
 _SETTLED_COLUMNS = ("status", "claimed_by", "claimed_until", "attempts", "last_error")
 
 
-def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
+def write(session: Session, rows: Sequence[OutboxMessage], *, last: bool = False) -> None:
     """INSERT the rows not yet written, in order, on the session's connection; each gets its
     `id`. The rows stay plain objects, outside the session: for the one or two rows of a
     turn, the ORM's unit of work costs more than the statements. A row changed after this
-    goes back with `rewrite`."""
+    goes back with `rewrite`.
+
+    With `last`, nothing else is written in this transaction: the ORM's changes go first,
+    and on a connection whose BEGIN went with its first statement (`care.db.PIPELINED_BEGIN`)
+    the COMMIT goes with this one row's INSERT (`care.db.COMMIT_ALONG`), one round trip less.
+    What `OutboxSender.take` left to do once the rows have ids runs after the INSERT (and
+    then the COMMIT goes on its own, as always)."""
     new = [row for row in rows if row.id is None]
     if not new:
         return
+    if last:
+        session.flush()
     connection = session.connection()
     values = [{name: getattr(row, name) for name in _WRITTEN_COLUMNS} for row in new]
     rider = _take_rider(session) if len(new) == 1 else None
+    after: list[Callable[[], None]] = session.info.pop(_AFTER_WRITE, None) or []
+    along = (
+        last
+        and len(new) == 1
+        and not after
+        and not session.info.get(_RIDERS)
+        and not (session.new or session.dirty or session.deleted)
+        and bool(connection.get_execution_options().get(BEGIN_WITH_FIRST))
+    )
+    options = COMMIT_ALONG if along else _NO_OPTIONS
     if rider is not None:  # one statement for the row and the statement waiting for it
         statement, params = rider
         named = {_RIDING_NAME + name: value for name, value in values[0].items()}
         named[_RIDING_NAME + "created_at"] = utcnow()  # (no default is applied here)
-        new[0].id = connection.execute(_riding(statement), {**params, **named}).scalar_one()
+        riding = _riding(statement)
+        new[0].id = connection.execute(
+            riding, {**params, **named}, execution_options=options
+        ).scalar_one()
     elif len(new) == 1:
-        new[0].id = connection.execute(_INSERT_ROWS, values[0]).scalar_one()
+        new[0].id = connection.execute(
+            _INSERT_ROWS, values[0], execution_options=options
+        ).scalar_one()
     else:  # one statement for all (the ids come back in the order of the rows)
         ids = connection.execute(_INSERT_ROWS, values).scalars().all()
         for row, row_id in zip(new, ids, strict=True):
             row.id = row_id
+    for settle in after:
+        settle()
     known = session.info.get(_KNOWN_OPEN)
     if known is not None:
         for row in new:
@@ -264,6 +290,9 @@ def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
                 known[(row.recipient_kind, row.recipient_id)] = True
 
 
+_AFTER_WRITE = "aftercare.outbox_after_write"
+"""`session.info` key: what `OutboxSender.take` left to do once the rows it took have ids."""
+_NO_OPTIONS: dict[str, Any] = {}
 _RIDERS = "aftercare.outbox_riders"
 """`session.info` key: the statement waiting to ride along with the next row written."""
 _RIDING: dict[Any, Any] = {}
@@ -365,7 +394,7 @@ _written: ContextVar[Written | None] = ContextVar("outbox_written", default=None
 def collecting() -> Iterator[Written]:
     """Collect the rows `enqueue` makes in this unit of work (on this thread), so that the
     caller can hand them to the sender (`Handoff.take`) before it commits. The caller must
-    `write` the rows the sender did not take, in the same transaction."""
+    `write` them, in the same transaction (the sender's `take` writes none)."""
     rows = Written()
     token = _written.set(rows)
     try:
@@ -378,7 +407,8 @@ class Handoff(Protocol):
     """The sender of this process, as a conversation turn hands it the replies it wrote."""
 
     def take(self, session: Session, rows: Sequence[OutboxMessage]) -> Sequence[object]:
-        """Claim `rows` in the caller's transaction (those that may go at once)."""
+        """Claim `rows` in the caller's transaction (those that may go at once); the caller
+        writes them all afterwards (`write`)."""
         ...
 
     def adopt(self, taken: Sequence[object]) -> None:
@@ -559,6 +589,20 @@ class _Item:
     """For a row handed over by a turn: the sender's wake count when it was adopted."""
     marked: bool = False
     """Its in-flight mark was committed with the turn that wrote it: arming needs no commit."""
+
+
+@dataclass
+class _Taken:
+    """What `OutboxSender.take` claimed: its item, whose ids come from the row once written."""
+
+    item: _Item
+    row: OutboxMessage
+
+    def written(self) -> _Item:
+        """The item with the id the row was written with (after the caller's `write`)."""
+        self.item.row_id = self.row.id
+        self.item.outgoing = dataclasses.replace(self.item.outgoing, outbox_id=self.row.id)
+        return self.item
 
 
 def _in_order(item: _Item) -> tuple[int, int]:
@@ -1114,9 +1158,10 @@ class OutboxSender:
         self._wakes += 1
         self._wake.set()
 
-    def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Item]:
-        """Claim rows a conversation turn has just made, in the turn's own transaction, and
-        write them (`write`; the caller writes the rest).
+    def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Taken]:
+        """Claim rows a conversation turn has just made, in the turn's own transaction; the
+        caller then writes them all (`write`, the transaction's last statement: on PostgreSQL
+        its COMMIT goes with it).
 
         A reply then needs no claim of its own: after the commit, `adopt` queues it. The first
         row for each person also gets its in-flight mark here, so it goes out without another
@@ -1150,14 +1195,11 @@ class OutboxSender:
             claimed.append(group)
         if not claimed:
             return []
-        session.flush()  # what the rows refer to (an escalation) is written first
-        write(session, rows)
-        taken: list[_Item] = []
+        taken: list[_Taken] = []
         for group in claimed:
             marked: OutboxMessage | None = group[0]
             for row in group:
-                as_written = _settled_state(row)
-                item = self._to_item(session, row, now)
+                item = self._to_item_unwritten(session, row, now)
                 if item is None:
                     if row is marked:  # settled instead: the mark goes to the next one
                         marked = None
@@ -1165,18 +1207,18 @@ class OutboxSender:
                     marked = row
                     row.last_error = IN_FLIGHT
                     row.attempts += 1
-                if _settled_state(row) != as_written:
-                    rewrite(session, row)
                 if item is not None:
                     item.marked = row is marked
-                    taken.append(item)
+                    taken.append(_Taken(item, row))
         return taken
 
     def adopt(self, taken: Sequence[object]) -> None:
-        """Queue what `take` claimed, once the caller has committed (from any thread). If the
-        sender has stopped meanwhile, the rows are handed back (`_hand_back`) and the next
-        claim sends them."""
-        items = [item for item in taken if isinstance(item, _Item)]
+        """Queue what `take` claimed, once the caller has written it and committed (from any
+        thread; a row left unwritten was never claimed). If the sender has stopped meanwhile,
+        the rows are handed back (`_hand_back`) and the next claim sends them."""
+        items = [
+            one.written() for one in taken if isinstance(one, _Taken) and one.row.id is not None
+        ]
         if items and not self._on_loop(self._adopted, items):
             self._hand_back(items)
 
@@ -1606,6 +1648,20 @@ class OutboxSender:
             _log.warning("outbox.resend_critical outbox_id=%d", row.id)
         return self._to_item(session, row, now)
 
+    def _to_item_unwritten(
+        self, session: Session, row: OutboxMessage, now: datetime
+    ) -> _Item | None:
+        """`_to_item` for a row the caller has yet to write (`take`): it is written as this
+        settles it, so nothing is updated after. A row past `expires_at` is cancelled here
+        and its skip recorded once it has an id (`write` runs that after its INSERT)."""
+        if row.expires_at is not None and row.expires_at <= now:
+            row.status = OutboxStatus.CANCELLED
+            row.last_error = SKIP_EXPIRED
+            after = session.info.setdefault(_AFTER_WRITE, [])
+            after.append(lambda: self._cancel_expired(session, row, now))
+            return None
+        return self._to_item(session, row, now)
+
     def _to_item(self, session: Session, row: OutboxMessage, now: datetime) -> _Item | None:
         """Decrypt a claimed row for the channel; settle it when it cannot or must not be
         sent."""
@@ -1627,13 +1683,15 @@ class OutboxSender:
             if chat_id is None:
                 row.status = OutboxStatus.FAILED
                 row.last_error = "no_chat"
-                _log.warning("outbox.no_chat outbox_id=%d", row.id)
+                _log.warning("outbox.no_chat outbox_id=%s kind=%s", row.id, row.kind)
                 return None
             outgoing = to_outgoing(row, self._payload(session, row, now), chat_id, self._protect)
         except (DecryptionError, ValueError, KeyError, TypeError) as exc:
             row.status = OutboxStatus.CANCELLED
             row.last_error = "erased" if isinstance(exc, DecryptionError) else "bad_payload"
-            _log.warning("outbox.unreadable outbox_id=%d error=%s", row.id, row.last_error)
+            _log.warning(
+                "outbox.unreadable outbox_id=%s kind=%s error=%s", row.id, row.kind, row.last_error
+            )
             return None
         return _Item(
             row_id=row.id,

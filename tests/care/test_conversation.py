@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -314,6 +315,44 @@ async def test_her_reply_goes_to_the_sender_in_her_turn_whatever_waits_for_other
         world.service.set_handoff(None)
         await sender.stop(flush=False)
     assert taken == [(1, 1)], "her reply was handed over in her turn"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_her_turn_waits_for_postgresql_twice_begin_and_commit_riding_along(
+    world: World, tmp_path: Path
+) -> None:
+    """Her text's turn, as psycopg's protocol trace shows it: her row locked (her update and
+    message recorded) with the BEGIN before it, then her reply written (her new state with
+    it) with the COMMIT after it. Two waits for the database, where a turn once took three."""
+    from psycopg import pq
+
+    await enrolled(world)
+    trace = tmp_path / "trace.txt"
+    handles: list[Any] = []
+
+    def traced(dbapi_connection: Any, _record: Any) -> None:
+        handles.append(trace.open("a"))
+        dbapi_connection.pgconn.trace(handles[-1].fileno())
+        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    engine = world.care.engine
+    event.listen(engine, "connect", traced)
+    engine.dispose()  # the next connection is a new one, traced
+    try:
+        with engine.connect():
+            pass  # opened (and checked) before her turn
+        trace.write_text("")
+        await world.text("dank je")
+    finally:
+        event.remove(engine, "connect", traced)
+        engine.dispose()
+        for handle in handles:
+            handle.close()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    waits = [fields for fields in sent if fields[0] == "F" and fields[2] in ("Sync", "Query")]
+    assert len(waits) == 2, "BEGIN with her row's lock, COMMIT with her reply"
+    assert sum("COMMIT" in " ".join(fields) for fields in sent if fields[0] == "F") == 1
+    assert len(world.to_client()) == 1, "her reply was written, and committed"
 
 
 async def test_worker_replies_and_alerts_are_for_the_worker(world: World) -> None:

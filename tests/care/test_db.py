@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from care.context import Care
 from care.db import (
+    COMMIT_ALONG,
     PIPELINED_BEGIN,
     check_schema,
     insert_new,
@@ -267,6 +268,102 @@ def test_a_pipelined_begin_goes_with_the_first_statement_and_the_transaction_hol
                 select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id < 10)
             ).all()
         assert sorted(stored) == [1, 2, 3, 4], "the failed transaction left nothing"
+
+
+_INSERT_MARK = text("INSERT INTO processed_updates VALUES (:id, now())")
+
+
+def _marks(sessions: Any, ids: list[int]) -> list[int]:
+    with sessions() as session:
+        stored = session.scalars(
+            select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id.in_(ids))
+        ).all()
+    return sorted(stored)
+
+
+@pytest.mark.postgres
+def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_other(
+    pg_database: str, tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace.txt"
+    with _pg_engine_tracing(pg_database, trace) as engine:
+        sessions = make_sessionmaker(engine)
+        with engine.connect():
+            trace.write_text("")  # what opening the connection sent is not counted
+        with sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 20})
+            connection.execute(_INSERT_MARK, {"id": 21}, execution_options=COMMIT_ALONG)
+        assert _round_trips(trace) == 2, "BEGIN + INSERT, INSERT + COMMIT: two round trips"
+        assert "COMMIT" in trace.read_text()
+        assert _marks(sessions, [20, 21]) == [20, 21]
+
+        trace.write_text("")
+        with sessions.begin() as session:  # alone, the last statement is the first one too
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 22}, execution_options=COMMIT_ALONG)
+        assert _round_trips(trace) == 1, "BEGIN + INSERT + COMMIT: one round trip"
+        assert _marks(sessions, [22]) == [22]
+
+        trace.write_text("")
+        with sessions.begin() as session:  # without a pipelined BEGIN it means nothing
+            session.connection().execute(_INSERT_MARK, {"id": 23}, execution_options=COMMIT_ALONG)
+        assert _round_trips(trace) == 3, "psycopg's BEGIN, the INSERT, the session's COMMIT"
+        assert _marks(sessions, [23]) == [23]
+
+
+@pytest.mark.postgres
+def test_a_last_statement_that_fails_commits_nothing_and_the_connection_serves_on(
+    pg_database: str,
+) -> None:
+    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            session.connection().execute(_INSERT_MARK, {"id": 30})
+        with pytest.raises(IntegrityError), sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 31})
+            connection.execute(_INSERT_MARK, {"id": 30}, execution_options=COMMIT_ALONG)
+        assert _marks(sessions, [30, 31]) == [30], "the transaction's first write is undone"
+        with sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 32}, execution_options=COMMIT_ALONG)
+        assert _marks(sessions, [32]) == [32]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_commit_along_that_fails_is_reported_by_its_statement_and_undoes_all(
+    pg_database: str,
+) -> None:
+    """A constraint checked at COMMIT (deferred) fails: the statement's execution raises it,
+    nothing of the transaction stays, and the connection serves on."""
+    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            session.connection().execute(
+                text(
+                    "CREATE TABLE checked_late (id INT PRIMARY KEY, other INT REFERENCES"
+                    " checked_late (id) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+        with pytest.raises(IntegrityError), sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 40})
+            connection.execute(
+                text("INSERT INTO checked_late VALUES (1, 999)"),
+                execution_options=COMMIT_ALONG,
+            )
+        assert _marks(sessions, [40]) == []
+        with sessions.begin() as session:
+            connection = session.connection(execution_options=PIPELINED_BEGIN)
+            connection.execute(_INSERT_MARK, {"id": 41}, execution_options=COMMIT_ALONG)
+        assert _marks(sessions, [41]) == [41]
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.postgres
