@@ -1066,7 +1066,8 @@ async def test_a_taken_row_settled_in_the_turn_is_stored_settled_and_the_next_on
             1,
         )
         with care_ctx.sessions() as session:
-            assert [s.reason for s in skipped_sends(session, she)] == [SKIP_EXPIRED]
+            skipped = [(s.reason, s.ref) for s in skipped_sends(session, she)]
+        assert skipped == [(SKIP_EXPIRED, f"outbox:{late}")], "recorded with the row's id"
         sender.adopt(taken)
         await channel.wait_for(1, timeout=3)
         await asyncio.sleep(0.1)
