@@ -41,6 +41,7 @@ from care.models import (
 )
 from care.outbox import OutboxSender, SenderOptions
 from tests.bot.world import CLIENT_CHAT, OFFICE_TIME, Sent, World, make_world
+from tests.care.protocol import client_messages, round_trips, tracing
 from tests.reminders.helpers import FakeChannel
 
 
@@ -324,34 +325,12 @@ async def test_her_turn_waits_for_postgresql_twice_begin_and_commit_riding_along
     """Her text's turn, as psycopg's protocol trace shows it: her row locked (her update and
     message recorded) with the BEGIN before it, then her reply written (her new state with
     it) with the COMMIT after it. Two waits for the database, where a turn once took three."""
-    from psycopg import pq
-
     await enrolled(world)
     trace = tmp_path / "trace.txt"
-    handles: list[Any] = []
-
-    def traced(dbapi_connection: Any, _record: Any) -> None:
-        handles.append(trace.open("a"))
-        dbapi_connection.pgconn.trace(handles[-1].fileno())
-        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    engine = world.care.engine
-    event.listen(engine, "connect", traced)
-    engine.dispose()  # the next connection is a new one, traced
-    try:
-        with engine.connect():
-            pass  # opened (and checked) before her turn
-        trace.write_text("")
+    with tracing(world.care.engine, trace):
         await world.text("dank je")
-    finally:
-        event.remove(engine, "connect", traced)
-        engine.dispose()
-        for handle in handles:
-            handle.close()
-    sent = [line.split("\t") for line in trace.read_text().splitlines()]
-    waits = [fields for fields in sent if fields[0] == "F" and fields[2] in ("Sync", "Query")]
-    assert len(waits) == 2, "BEGIN with her row's lock, COMMIT with her reply"
-    assert sum("COMMIT" in " ".join(fields) for fields in sent if fields[0] == "F") == 1
+    assert round_trips(trace) == 2, "BEGIN with her row's lock, COMMIT with her reply"
+    assert sum("COMMIT" in " ".join(fields) for fields in client_messages(trace)) == 1
     assert len(world.to_client()) == 1, "her reply was written, and committed"
 
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError
 
 from care.context import Care
@@ -26,6 +26,7 @@ from care.db import (
 )
 from care.errors import DatabaseUnavailable, SchemaOutdated
 from care.models import ProcessedUpdate, utcnow
+from tests.care.protocol import round_trips, tracing
 
 
 def test_sqlite_runs_with_wal_full_sync_and_foreign_keys(tmp_path: Path) -> None:
@@ -207,31 +208,11 @@ def test_connections_opened_at_start_wait_in_the_pool(care_ctx: Care) -> None:
 
 @contextmanager
 def _pg_engine_tracing(url: str, trace: Path) -> Iterator[Engine]:
-    """An engine whose one pooled connection writes psycopg's protocol trace to `trace`."""
+    """An engine whose one pooled connection writes psycopg's protocol trace to `trace`
+    (`tests.care.protocol.tracing`: what opening it sent is not in the trace)."""
     engine = make_engine(url, pool_size=1, max_overflow=0)
-    handles: list[IO[str]] = []
-
-    @event.listens_for(engine, "connect")
-    def _trace(dbapi_connection: Any, _record: Any) -> None:
-        from psycopg import pq
-
-        handles.append(trace.open("a"))
-        dbapi_connection.pgconn.trace(handles[-1].fileno())
-        dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    try:
+    with tracing(engine, trace):
         yield engine
-    finally:
-        engine.dispose()
-        for handle in handles:
-            handle.close()
-
-
-def _round_trips(trace: Path) -> int:
-    """How many times the client waited for the server: each Sync (the end of one or more
-    statements) and each simple Query (psycopg's COMMIT) is one round trip."""
-    sent = [line.split("\t") for line in trace.read_text().splitlines()]
-    return sum(1 for fields in sent if fields[0] == "F" and fields[2] in ("Sync", "Query"))
 
 
 @pytest.mark.postgres
@@ -241,21 +222,19 @@ def test_a_pipelined_begin_goes_with_the_first_statement_and_the_transaction_hol
     trace = tmp_path / "trace.txt"
     with _pg_engine_tracing(pg_database, trace) as engine:
         sessions = make_sessionmaker(engine)
-        with engine.connect():
-            trace.write_text("")  # what opening the connection sent is not counted
         with sessions.begin() as session:
             session.connection(execution_options=PIPELINED_BEGIN)
             session.add(ProcessedUpdate(update_id=1, processed_at=utcnow()))
             session.flush()  # the first statement: BEGIN goes with it
             session.add(ProcessedUpdate(update_id=2, processed_at=utcnow()))
-        assert _round_trips(trace) == 3, "BEGIN + INSERT, INSERT, COMMIT: three round trips"
+        assert round_trips(trace) == 3, "BEGIN + INSERT, INSERT, COMMIT: three round trips"
 
         trace.write_text("")
         with sessions.begin() as session:  # psycopg's own BEGIN, as before
             session.add(ProcessedUpdate(update_id=3, processed_at=utcnow()))
             session.flush()
             session.add(ProcessedUpdate(update_id=4, processed_at=utcnow()))
-        assert _round_trips(trace) == 4, "the connection went back to the pool as it came"
+        assert round_trips(trace) == 4, "the connection went back to the pool as it came"
 
         with pytest.raises(RuntimeError), sessions.begin() as session:
             session.connection(execution_options=PIPELINED_BEGIN)
@@ -288,13 +267,11 @@ def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_ot
     trace = tmp_path / "trace.txt"
     with _pg_engine_tracing(pg_database, trace) as engine:
         sessions = make_sessionmaker(engine)
-        with engine.connect():
-            trace.write_text("")  # what opening the connection sent is not counted
         with sessions.begin() as session:
             connection = session.connection(execution_options=PIPELINED_BEGIN)
             connection.execute(_INSERT_MARK, {"id": 20})
             connection.execute(_INSERT_MARK, {"id": 21}, execution_options=COMMIT_ALONG)
-        assert _round_trips(trace) == 2, "BEGIN + INSERT, INSERT + COMMIT: two round trips"
+        assert round_trips(trace) == 2, "BEGIN + INSERT, INSERT + COMMIT: two round trips"
         assert "COMMIT" in trace.read_text()
         assert _marks(sessions, [20, 21]) == [20, 21]
 
@@ -302,13 +279,13 @@ def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_ot
         with sessions.begin() as session:  # alone, the last statement is the first one too
             connection = session.connection(execution_options=PIPELINED_BEGIN)
             connection.execute(_INSERT_MARK, {"id": 22}, execution_options=COMMIT_ALONG)
-        assert _round_trips(trace) == 1, "BEGIN + INSERT + COMMIT: one round trip"
+        assert round_trips(trace) == 1, "BEGIN + INSERT + COMMIT: one round trip"
         assert _marks(sessions, [22]) == [22]
 
         trace.write_text("")
         with sessions.begin() as session:  # without a pipelined BEGIN it means nothing
             session.connection().execute(_INSERT_MARK, {"id": 23}, execution_options=COMMIT_ALONG)
-        assert _round_trips(trace) == 3, "psycopg's BEGIN, the INSERT, the session's COMMIT"
+        assert round_trips(trace) == 3, "psycopg's BEGIN, the INSERT, the session's COMMIT"
         assert _marks(sessions, [23]) == [23]
 
 
