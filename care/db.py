@@ -178,14 +178,14 @@ transaction sends its BEGIN together with its first statement (one round trip le
 `_begin_with_first_statement`)."""
 
 
-COMMIT_ALONG: dict[str, Any] = {"aftercare.commit_along": True}
+_COMMIT_ALONG = "aftercare.commit_along"
+COMMIT_ALONG: dict[str, Any] = {_COMMIT_ALONG: True}
 """PostgreSQL, on a `PIPELINED_BEGIN` connection: the execution options of a transaction's
 last statement, whose COMMIT goes to the server in the same write (one round trip less).
 The caller must run nothing after it in the transaction; the session's own commit then finds
 it committed and sends nothing. When the statement fails, the COMMIT is not run (PostgreSQL
 skips the rest of a pipeline after an error) and the transaction rolls back as always; when
 the COMMIT fails, the statement's execution reports it."""
-_COMMIT_ALONG = "aftercare.commit_along"
 
 
 def _begin_with_first_statement(engine: Engine) -> None:

@@ -588,6 +588,20 @@ async def test_a_scheduled_message_never_takes_the_place_of_a_safety_question(
     assert len(world.to_client()) == 1
 
 
+def buurthuis_at_three(world: World) -> int:
+    """Her appointment at the Buurthuis, Tuesday 15:00 in Amsterdam (five hours after
+    `OFFICE_TIME`), booked by Anna; its id."""
+    from reminders.appointments import create_appointment
+
+    with world.care.sessions.begin() as session:
+        client = session.get_one(Client, world.client_id)
+        worker = session.get_one(Worker, world.worker_id)
+        starts = OFFICE_TIME + timedelta(hours=5)
+        return create_appointment(
+            session, world.care, client, worker, starts, "Buurthuis", now=world.clock.now()
+        ).id
+
+
 async def test_her_appointment_reminder_comes_once_the_safety_question_is_settled(
     world: World,
 ) -> None:
@@ -595,16 +609,10 @@ async def test_her_appointment_reminder_comes_once_the_safety_question_is_settle
     her screen, the reminder job moves to just after the question's 30 minutes; she answers
     "not now" meanwhile, and then the reminder reaches her (nothing recorded as not sent)."""
     from reminders import jobstore
-    from reminders.appointments import create_appointment, send_reminder
+    from reminders.appointments import send_reminder
 
     await enrolled(world)
-    starts = OFFICE_TIME + timedelta(hours=5)  # Tuesday 15:00 in Amsterdam
-    with world.care.sessions.begin() as session:
-        client = session.get_one(Client, world.client_id)
-        worker = session.get_one(Worker, world.worker_id)
-        appointment_id = create_appointment(
-            session, world.care, client, worker, starts, "Buurthuis", now=world.clock.now()
-        ).id
+    appointment_id = buurthuis_at_three(world)
     world.clock.advance(timedelta(hours=2, minutes=50))  # 12:50
     await world.text("ik weet niet waar ik ben")
     question = world.to_client()[-1]
@@ -636,16 +644,10 @@ async def test_a_safety_question_that_begins_as_her_reminder_runs_still_moves_it
     moves to just after the question's 30 minutes. (It was skipped for good when the
     question came between the reminder's look at her and its start.)"""
     from reminders import jobstore
-    from reminders.appointments import create_appointment, send_reminder
+    from reminders.appointments import send_reminder
 
     await enrolled(world)
-    starts = OFFICE_TIME + timedelta(hours=5)  # Tuesday 15:00 in Amsterdam
-    with world.care.sessions.begin() as session:
-        client = session.get_one(Client, world.client_id)
-        worker = session.get_one(Worker, world.worker_id)
-        appointment_id = create_appointment(
-            session, world.care, client, worker, starts, "Buurthuis", now=world.clock.now()
-        ).id
+    appointment_id = buurthuis_at_three(world)
     world.clock.advance(timedelta(hours=3))  # 13:00, two hours before
     service = world.service
 
