@@ -233,14 +233,13 @@ _WRITTEN_COLUMNS = (
     "attempts",
     "last_error",
 )
-_SETTLED_COLUMNS = ("status", "claimed_by", "claimed_until", "attempts", "last_error")
 
 
 def write(session: Session, rows: Sequence[OutboxMessage], *, last: bool = False) -> None:
     """INSERT the rows not yet written, in order, on the session's connection; each gets its
     `id`. The rows stay plain objects, outside the session: for the one or two rows of a
-    turn, the ORM's unit of work costs more than the statements. A row changed after this
-    goes back with `rewrite`.
+    turn, the ORM's unit of work costs more than the statements, so write a row once it is
+    settled (`OutboxSender.take` decides before the turn writes).
 
     With `last`, nothing else is written in this transaction: the ORM's changes go first,
     and on a connection whose BEGIN went with its first statement (`care.db.PIPELINED_BEGIN`)
@@ -364,16 +363,6 @@ def _riding(statement: UpdateBase) -> Any:
             insert(_OUTBOX).values(columns).returning(_OUTBOX.c.id).add_cte(statement.cte("ridden"))
         )
     return riding
-
-
-def _settled_state(row: OutboxMessage) -> tuple[Any, ...]:
-    return tuple(getattr(row, name) for name in _SETTLED_COLUMNS)
-
-
-def rewrite(session: Session, row: OutboxMessage) -> None:
-    """Store a written row's new status, claim, attempts and error."""
-    values = dict(zip(_SETTLED_COLUMNS, _settled_state(row), strict=True))
-    session.connection().execute(_REWRITE_ROW, {"row_id": row.id, **values})
 
 
 class Written(list[OutboxMessage]):
@@ -908,7 +897,6 @@ def _is_open(session: Session, kind: RecipientKind, person: int) -> bool:
 
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _INSERT_ROWS = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
-_REWRITE_ROW = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
 _CLAIMED_BY_ME = and_(
     _OUTBOX.c.status == OutboxStatus.SENDING,
     _OUTBOX.c.claimed_by == bindparam("sender"),
