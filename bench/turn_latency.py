@@ -23,8 +23,15 @@ girls): near 100%, the fake's own queue would be in every row's figures.
 
     .venv/bin/python bench/turn_latency.py                      # 50 girls x 12 turns (~2 min)
     .venv/bin/python bench/turn_latency.py --clients 200 --turns 20   # the issue's run (~7 min)
+    .venv/bin/python bench/turn_latency.py --clients 200 --turns 20 --rounds 3  # (~20 min)
     .venv/bin/python bench/turn_latency.py --backends sqlite --think 0  # saturation
     .venv/bin/python bench/turn_latency.py --backends postgres --inside  # where a turn waits
+
+The VM's speed can drift by a factor of two or more within minutes, and the bots run one
+after another: with `--rounds N` every bot runs N times, in turns (every other round in the
+opposite order), and each of our rows is set against the echo bot of its own round; the end
+shows those ratios and p99s over the rounds, their medians, and in how many rounds every
+target was met.
 
 `--inside` also times each turn's transaction inside the bot, with SQLAlchemy's events, and
 splits its time into the turn thread's own CPU, the waits inside its statements and COMMIT
@@ -491,6 +498,12 @@ def main() -> None:
     )
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every bot this many times, in turns, each against the echo bot of its round",
+    )
+    parser.add_argument(
         "--inside",
         action="store_true",
         help="also time our turns' transactions inside the bot (costs it a little CPU)",
@@ -519,20 +532,46 @@ def main() -> None:
             result = asyncio.run(run)
         print(json.dumps(result))
         return
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     print(
         f"turn latency: {args.clients} girls x {args.turns} turns, {args.think:g} s between "
         "turns on average, fake Bot API, no rate limits"
     )
-    echo = scenario("echo", "-", args.clients, args.turns, args.think)
-    # The same bare bot on our transport: how much of our time is the transport's.
-    echo_ours = scenario("echo-aiohttp", "-", args.clients, args.turns, args.think)
-    rows: list[tuple[str, dict[str, Any]]] = [
-        ("PTB echo bot", echo),
-        ("PTB echo bot (aiohttp)", echo_ours),
-    ]
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        figures = scenario("ours", backend, args.clients, args.turns, args.think, args.inside)
-        rows.append((f"aftercare ({backend})", figures))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rounds: list[list[tuple[str, dict[str, Any]]]] = []
+    for number in range(args.rounds):
+        if args.rounds > 1:
+            print(f"\nround {number + 1} of {args.rounds}")
+        # Every other round runs the bots in the opposite order, so that a VM whose speed
+        # drifts during a round does not always favour the same bot.
+        rows = one_round(args, backends, reverse=number % 2 == 1)
+        print_round(rows, args.clients * args.turns)
+        rounds.append(rows)
+    if args.rounds > 1:
+        print_over_rounds(rounds)
+
+
+SCENARIOS = [("PTB echo bot", "echo", "-"), ("PTB echo bot (aiohttp)", "echo-aiohttp", "-")]
+"""The baselines: PTB as it comes (httpx), and the same bare bot on our transport (aiohttp):
+how much of our time is the transport's."""
+
+
+def one_round(
+    args: argparse.Namespace, backends: list[str], reverse: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """Each bot once (the baselines, then ours on each backend; with `reverse`, the other way
+    round); answers the rows in the baselines-first order."""
+    plan = [*SCENARIOS, *((f"aftercare ({b})", "ours", b) for b in backends)]
+    figures: dict[str, dict[str, Any]] = {}
+    for name, kind, backend in reversed(plan) if reverse else plan:
+        inside = args.inside and kind == "ours"
+        figures[name] = scenario(kind, backend, args.clients, args.turns, args.think, inside)
+    return [(name, figures[name]) for name, _, _ in plan]
+
+
+def print_round(rows: list[tuple[str, dict[str, Any]]], planned: int) -> None:
+    """One round's table, what it saw inside each bot, and our rows against the baselines."""
     print(
         f"{'':22} {'turns':>6} {'p50 ms':>8} {'p99 ms':>8} {'turns/s':>8} {'RSS MB':>7}"
         f" {'CPU ms/turn':>11} {'of it sys':>10} {'busy':>5} {'fake busy':>9}"
@@ -578,28 +617,61 @@ def main() -> None:
                 f" for the GIL), {wall - cpu - db:.1f} ms waiting between them (for the GIL)"
             )
     for name, figures in rows:
-        if figures.get("turns", args.clients * args.turns) < args.clients * args.turns:
+        if figures.get("turns", planned) < planned:
             print(
-                f"{name}: only {figures['turns']} of {args.clients * args.turns} turns measured:"
+                f"{name}: only {figures['turns']} of {planned} turns measured:"
                 " the bot sent messages the girls did not ask for, so they ran out of step"
                 " (figures not comparable)"
             )
-    base = echo.get("p50_ms")
+    echo, echo_ours = rows[0][1], rows[1][1]
     for name, figures in rows[2:]:
-        if base and "p50_ms" in figures:
-            ratio = figures["p50_ms"] / base
-            verdict = "within" if ratio <= 3 else "outside"
-            p99 = "under" if figures["p99_ms"] < 50 else "over"
-            rss = "under" if figures["rss_mb"] < 200 else "over"
+        verdict = against_echo(figures, echo)
+        if verdict is None:
+            continue
+        ratio, p99, rss = verdict
+        print(
+            f"{name}: p50 {ratio:.1f}x the echo bot's ({'within' if ratio <= 3 else 'outside'}"
+            f" 3x); p99 {'under' if p99 < 50 else 'over'} 50 ms;"
+            f" RSS {'under' if rss < 200 else 'over'} 200 MB"
+        )
+        if echo_ours.get("p50_ms"):
             print(
-                f"{name}: p50 {ratio:.1f}x the echo bot's ({verdict} 3x); p99 {p99} 50 ms; "
-                f"RSS {rss} 200 MB"
+                f"{name}: p50 {figures['p50_ms'] / echo_ours['p50_ms']:.1f}x the echo bot's"
+                " on the same transport (aiohttp)"
             )
-            if echo_ours.get("p50_ms"):
-                print(
-                    f"{name}: p50 {figures['p50_ms'] / echo_ours['p50_ms']:.1f}x the echo bot's"
-                    " on the same transport (aiohttp)"
-                )
+
+
+def against_echo(
+    figures: dict[str, Any], echo: dict[str, Any]
+) -> tuple[float, float, float] | None:
+    """(p50 over the echo bot's p50, p99 ms, RSS MB) of one of our rows; None when either
+    run failed."""
+    if not echo.get("p50_ms") or "p50_ms" not in figures:
+        return None
+    return figures["p50_ms"] / echo["p50_ms"], figures["p99_ms"], figures["rss_mb"]
+
+
+def print_over_rounds(rounds: list[list[tuple[str, dict[str, Any]]]]) -> None:
+    """Our rows over all rounds, each against the echo bot of its own round: the VM's speed
+    drifts from minute to minute, and a baseline measured in another round would mostly
+    measure the drift."""
+    print(f"\nover {len(rounds)} rounds, each against the echo bot of its own round:")
+    for at, (name, _) in enumerate(rounds[0][2:], start=2):
+        verdicts = [
+            v for rows in rounds if (v := against_echo(rows[at][1], rows[0][1])) is not None
+        ]
+        if not verdicts:
+            print(f"{name}: no round measured")
+            continue
+        ratios, p99s, rsses = (sorted(column) for column in zip(*verdicts, strict=True))
+        met = sum(1 for r, p, m in verdicts if r <= 3 and p < 50 and m < 200)
+        print(
+            f"{name}: p50 {', '.join(f'{r:.1f}x' for r in ratios)} the echo bot's"
+            f" (median {statistics.median(ratios):.1f}x); p99"
+            f" {', '.join(f'{p:.0f}' for p in p99s)} ms (median {statistics.median(p99s):.0f});"
+            f" RSS up to {rsses[-1]:.0f} MB; every target met in {met} of {len(verdicts)}"
+            " rounds"
+        )
 
 
 def busy(figures: dict[str, Any], cpu: str) -> float:
