@@ -260,6 +260,24 @@ def _marks(sessions: Any, ids: list[int]) -> list[int]:
     return sorted(stored)
 
 
+@contextmanager
+def _one_connection(url: str) -> Iterator[Any]:
+    """Sessions on an engine with one pooled connection: what a test does next runs on the
+    same connection as what went before (disposed afterwards)."""
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def _commit_along(sessions: Any, update_id: int) -> None:
+    """One pipelined transaction whose only statement carries its COMMIT."""
+    with sessions.begin() as session:
+        connection = session.connection(execution_options=PIPELINED_BEGIN)
+        connection.execute(_INSERT_MARK, {"id": update_id}, execution_options=COMMIT_ALONG)
+
+
 @pytest.mark.postgres
 def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_other(
     pg_database: str, tmp_path: Path
@@ -293,9 +311,7 @@ def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_ot
 def test_a_last_statement_that_fails_commits_nothing_and_the_connection_serves_on(
     pg_database: str,
 ) -> None:
-    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
-    sessions = make_sessionmaker(engine)
-    try:
+    with _one_connection(pg_database) as sessions:
         with sessions.begin() as session:
             session.connection().execute(_INSERT_MARK, {"id": 30})
         with pytest.raises(IntegrityError), sessions.begin() as session:
@@ -303,12 +319,8 @@ def test_a_last_statement_that_fails_commits_nothing_and_the_connection_serves_o
             connection.execute(_INSERT_MARK, {"id": 31})
             connection.execute(_INSERT_MARK, {"id": 30}, execution_options=COMMIT_ALONG)
         assert _marks(sessions, [30, 31]) == [30], "the transaction's first write is undone"
-        with sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 32}, execution_options=COMMIT_ALONG)
+        _commit_along(sessions, 32)
         assert _marks(sessions, [32]) == [32]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.postgres
@@ -317,9 +329,7 @@ def test_a_commit_along_that_fails_is_reported_by_its_statement_and_undoes_all(
 ) -> None:
     """A constraint checked at COMMIT (deferred) fails: the statement's execution raises it,
     nothing of the transaction stays, and the connection serves on."""
-    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
-    sessions = make_sessionmaker(engine)
-    try:
+    with _one_connection(pg_database) as sessions:
         with sessions.begin() as session:
             session.connection().execute(
                 text(
@@ -335,12 +345,8 @@ def test_a_commit_along_that_fails_is_reported_by_its_statement_and_undoes_all(
                 execution_options=COMMIT_ALONG,
             )
         assert _marks(sessions, [40]) == []
-        with sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 41}, execution_options=COMMIT_ALONG)
+        _commit_along(sessions, 41)
         assert _marks(sessions, [41]) == [41]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.postgres
@@ -355,22 +361,13 @@ def test_a_pipelined_transaction_rolls_back_whatever_its_first_statement(
         with pytest.raises(RuntimeError), sessions.begin() as session:
             connection = session.connection(execution_options=PIPELINED_BEGIN)
             if first == "with parameters":
-                connection.execute(
-                    text("INSERT INTO processed_updates VALUES (:id, now())"), {"id": 90}
-                )
+                connection.execute(_INSERT_MARK, {"id": 90})
             elif first == "without parameters":
                 connection.execution_options(no_parameters=True).exec_driver_sql(marked)
             else:
-                connection.execute(
-                    text("INSERT INTO processed_updates VALUES (:id, now())"),
-                    [{"id": 90}, {"id": 91}],
-                )
+                connection.execute(_INSERT_MARK, [{"id": 90}, {"id": 91}])
             raise RuntimeError("the turn failed")
-        with sessions() as session:
-            left = session.scalars(
-                select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id.in_([90, 91]))
-            ).all()
-        assert left == [], "inside the transaction, undone"
+        assert _marks(sessions, [90, 91]) == [], "inside the transaction, undone"
     finally:
         engine.dispose()
 
@@ -379,9 +376,7 @@ def test_a_pipelined_transaction_rolls_back_whatever_its_first_statement(
 def test_a_pipelined_first_statement_that_fails_is_reported_and_the_connection_serves_on(
     pg_database: str,
 ) -> None:
-    engine = make_engine(pg_database, pool_size=1, max_overflow=0)
-    sessions = make_sessionmaker(engine)
-    try:
+    with _one_connection(pg_database) as sessions:
         with sessions.begin() as session:
             session.add(ProcessedUpdate(update_id=70, processed_at=utcnow()))
         with pytest.raises(IntegrityError), sessions.begin() as session:
@@ -393,5 +388,3 @@ def test_a_pipelined_first_statement_that_fails_is_reported_and_the_connection_s
             session.add(ProcessedUpdate(update_id=71, processed_at=utcnow()))
         with sessions() as session:
             assert session.get(ProcessedUpdate, 71) is not None
-    finally:
-        engine.dispose()
