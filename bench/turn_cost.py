@@ -10,11 +10,8 @@ look-up and a neutral answer, nothing stored). It also prints the wall-clock tim
 of her turns to its first reply (no load, so no queueing: the turn's own work and its round
 trips to the database) and the SQL statements and transactions per turn, the sender's marks
 included; on PostgreSQL also the round trips: each statement is one, and each transaction
-adds two, BEGIN and COMMIT, one less where its BEGIN goes with its first statement, as a
-turn's does (`care.db.PIPELINED_BEGIN`), and one less again where its COMMIT goes with its
-last statement, as a turn's does when it writes one reply (`care.db.COMMIT_ALONG`); an
-autocommitted statement adds none. Unlike the
-times, these counts do not move with the machine's mood.
+adds two, BEGIN and COMMIT; an autocommitted statement adds none. Unlike the times, these
+counts do not move with the machine's mood.
 
 `bench/turn_latency.py` measures the whole bot under load, where the VM's speed moves the
 figures by a third from one hour to the next; here the quartiles usually lie within a few per
@@ -54,7 +51,6 @@ sys.path.insert(0, str(ROOT))
 from bench.turn_latency import FIRST_CHAT, bench_care, drop_database, make_database  # noqa: E402
 from bot.bootstrap import build, make_sender  # noqa: E402
 from care.conversation import Inbound  # noqa: E402
-from care.db import BEGIN_WITH_FIRST, COMMIT_ALONG  # noqa: E402
 from care.outbox import Button, Delivered, Outgoing  # noqa: E402
 from nlu import NluConfig, build_nlu  # noqa: E402
 from nlu.config import default_cache_dir  # noqa: E402
@@ -112,12 +108,6 @@ class Figures:
     transactions: int = 0
     """Transactions they began (an autocommitted statement is none): on PostgreSQL each costs
     two round trips besides its statements, BEGIN and COMMIT (or ROLLBACK)."""
-    pipelined: int = 0
-    """Of them, those whose BEGIN went with their first statement (`care.db.PIPELINED_BEGIN`):
-    one round trip less each."""
-    committed_along: int = 0
-    """Of them, those whose COMMIT went with their last statement (`care.db.COMMIT_ALONG`):
-    one round trip less each."""
     trace: list[str] = field(default_factory=list)
     """The first measured cycle of the first girl: each turn, then its statements (their SQL
     with placeholders, never a value)."""
@@ -144,20 +134,11 @@ async def _measure(url: str, clients: int, rounds: int, baseline: bool) -> Figur
     ) -> None:
         if counting:
             figures.statements += 1
-            options = context.execution_options if context is not None else {}
-            if all(options.get(key) == value for key, value in COMMIT_ALONG.items()):
-                figures.committed_along += 1
             if tracing:
                 figures.trace.append("    " + " ".join(statement.split())[:TRACE_WIDTH])
 
     def began(conn: Connection) -> None:
-        if not counting:
-            return
-        options = conn.get_execution_options()
-        if options.get(BEGIN_WITH_FIRST):
-            figures.transactions += 1
-            figures.pipelined += 1
-        elif options.get("isolation_level") != "AUTOCOMMIT":
+        if counting and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             figures.transactions += 1
 
     event.listen(care.engine, "before_cursor_execute", count)
@@ -269,12 +250,7 @@ def main() -> None:
     print(f"  SQL statements per turn            {figures.statements / len(walls):5.2f}")
     print(f"  transactions per turn              {figures.transactions / len(walls):5.2f}")
     if args.backend == "postgres":
-        trips = (
-            figures.statements
-            + 2 * figures.transactions
-            - figures.pipelined
-            - figures.committed_along
-        ) / len(walls)
+        trips = (figures.statements + 2 * figures.transactions) / len(walls)
         print(f"  round trips per turn               {trips:5.2f} (statements, BEGINs and COMMITs)")
     if args.trace:
         print("one check-in cycle, each turn and the statements it sent (the sender's included):")

@@ -56,7 +56,7 @@ import dialogues
 from care import audit, directory, escalations, outbox
 from care.clock import Clock, SystemClock
 from care.context import Care
-from care.db import PIPELINED_BEGIN, insert_new, one_of
+from care.db import insert_new, one_of
 from care.db import savepoint as begin_savepoint
 from care.errors import CareError, CodeRefused, DecryptionError, StorageError
 from care.models import (
@@ -773,13 +773,10 @@ class ConversationService:
         handoff = self._handoff
         with outbox.collecting() as written:
             with self.care.sessions.begin() as session:
-                if self._postgres:  # BEGIN goes with the first statement: one round trip less
-                    session.connection(execution_options=PIPELINED_BEGIN)
                 outbox.carry_riders(session)  # her new state goes with her reply (PostgreSQL)
                 result = work(session)
                 taken = handoff.take(session, written) if handoff and written else ()
-                # Every row, the last statement: on PostgreSQL the COMMIT goes with it.
-                outbox.write(session, written, last=True)
+                outbox.write(session, written)
                 outbox.run_riders(session)
             if taken and handoff is not None:
                 handoff.adopt(taken)

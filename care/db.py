@@ -133,7 +133,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"unsupported database {describe_url(url)}: use sqlite or postgresql+psycopg"
         ) from None
     _ping_when_idle(engine)
-    _begin_with_first_statement(engine)
     return engine
 
 
@@ -169,75 +168,6 @@ def _ping_when_idle(engine: Engine) -> None:
 
     event.listen(engine, "checkout", checkout)
     event.listen(engine, "checkin", checkin)
-
-
-BEGIN_WITH_FIRST = "aftercare.begin_with_first"
-PIPELINED_BEGIN: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", BEGIN_WITH_FIRST: True}
-"""PostgreSQL: `Session.connection(execution_options=PIPELINED_BEGIN)` at the start of a
-transaction sends its BEGIN together with its first statement (one round trip less;
-`_begin_with_first_statement`)."""
-
-
-_COMMIT_ALONG = "aftercare.commit_along"
-COMMIT_ALONG: dict[str, Any] = {_COMMIT_ALONG: True}
-"""PostgreSQL, on a `PIPELINED_BEGIN` connection: the execution options of a transaction's
-last statement, whose COMMIT goes to the server in the same write (one round trip less).
-The caller must run nothing after it in the transaction; the session's own commit then finds
-it committed and sends nothing. When the statement fails, the COMMIT is not run (PostgreSQL
-skips the rest of a pipeline after an error) and the transaction rolls back as always; when
-the COMMIT fails, the statement's execution reports it."""
-
-
-def _begin_with_first_statement(engine: Engine) -> None:
-    """On a connection with `PIPELINED_BEGIN`, the transaction's BEGIN goes to PostgreSQL in
-    the same write as its first statement (psycopg's pipeline mode), and both answers come
-    back together: one round trip where psycopg's own BEGIN costs two. psycopg is in
-    autocommit mode there, so it begins nothing itself; every statement that finds the
-    connection outside a transaction is preceded by a BEGIN, whichever way SQLAlchemy runs
-    it, and COMMIT and ROLLBACK end the transaction as always."""
-    from psycopg.pq import TransactionStatus
-
-    def outside(cursor: Any, context: Any) -> bool:
-        return bool(
-            context is not None
-            and context.execution_options.get(BEGIN_WITH_FIRST)
-            and cursor.connection.info.transaction_status == TransactionStatus.IDLE
-        )
-
-    def execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        begin = outside(cursor, context)
-        commit = bool(
-            context is not None
-            and context.execution_options.get(_COMMIT_ALONG)
-            and context.execution_options.get(BEGIN_WITH_FIRST)
-        )
-        if not begin and not commit:
-            return False
-        connection = cursor.connection
-        with connection.pipeline():
-            if begin:
-                connection.execute(b"BEGIN", prepare=False)
-            cursor.execute(statement, parameters)
-            if commit:
-                connection.execute(b"COMMIT", prepare=False)
-        return True
-
-    def begin_first(cursor: Any, context: Any) -> bool:
-        """The other ways to run a statement: a BEGIN of its own first; SQLAlchemy then runs
-        the statement as always (False: not run here)."""
-        if outside(cursor, context):
-            cursor.connection.execute(b"BEGIN", prepare=False)
-        return False
-
-    def executemany(cursor: Any, _statement: str, _parameters: Any, context: Any) -> bool:
-        return begin_first(cursor, context)
-
-    def execute_no_params(cursor: Any, _statement: str, context: Any) -> bool:
-        return begin_first(cursor, context)
-
-    event.listen(engine, "do_execute", execute)
-    event.listen(engine, "do_executemany", executemany)
-    event.listen(engine, "do_execute_no_params", execute_no_params)
 
 
 BEFORE_SAVEPOINT = "aftercare.before_savepoint"

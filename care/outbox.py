@@ -61,7 +61,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from care.clock import Clock, SystemClock
-from care.db import BEFORE_SAVEPOINT, BEGIN_WITH_FIRST, COMMIT_ALONG, insert_new_rows, one_of
+from care.db import BEFORE_SAVEPOINT, insert_new_rows, one_of
 from care.directory import chat_id_of
 from care.errors import DecryptionError
 from care.models import (
@@ -235,47 +235,27 @@ _WRITTEN_COLUMNS = (
 )
 
 
-def write(session: Session, rows: Sequence[OutboxMessage], *, last: bool = False) -> None:
+def write(session: Session, rows: Sequence[OutboxMessage]) -> None:
     """INSERT the rows not yet written, in order, on the session's connection; each gets its
     `id`. The rows stay plain objects, outside the session: for the one or two rows of a
     turn, the ORM's unit of work costs more than the statements, so write a row once it is
-    settled (`OutboxSender.take` decides before the turn writes).
-
-    With `last`, nothing else is written in this transaction: the ORM's changes go first,
-    and on a connection whose BEGIN went with its first statement (`care.db.PIPELINED_BEGIN`)
-    the COMMIT goes with this one row's INSERT (`care.db.COMMIT_ALONG`), one round trip less.
-    What `OutboxSender.take` left to do once the rows have ids runs after the INSERT (and
-    then the COMMIT goes on its own, as always)."""
+    settled (`OutboxSender.take` decides before the turn writes). What `OutboxSender.take`
+    left to do once the rows have ids runs after the INSERT."""
     new = [row for row in rows if row.id is None]
     if not new:
         return
-    if last:
-        session.flush()
     connection = session.connection()
     values = [{name: getattr(row, name) for name in _WRITTEN_COLUMNS} for row in new]
     rider = _take_rider(session) if len(new) == 1 else None
     after: list[Callable[[], None]] = session.info.pop(_AFTER_WRITE, None) or []
-    along = (
-        last
-        and len(new) == 1
-        and not after
-        and not session.info.get(_RIDERS)
-        and not (session.new or session.dirty or session.deleted)
-        and bool(connection.get_execution_options().get(BEGIN_WITH_FIRST))
-    )
-    options = COMMIT_ALONG if along else _NO_OPTIONS
     if rider is not None:  # one statement for the row and the statement waiting for it
         statement, params = rider
         named = {_RIDING_NAME + name: value for name, value in values[0].items()}
         named[_RIDING_NAME + "created_at"] = utcnow()  # (no default is applied here)
         riding = _riding(statement)
-        new[0].id = connection.execute(
-            riding, {**params, **named}, execution_options=options
-        ).scalar_one()
+        new[0].id = connection.execute(riding, {**params, **named}).scalar_one()
     elif len(new) == 1:
-        new[0].id = connection.execute(
-            _INSERT_ROWS, values[0], execution_options=options
-        ).scalar_one()
+        new[0].id = connection.execute(_INSERT_ROWS, values[0]).scalar_one()
     else:  # one statement for all (the ids come back in the order of the rows)
         ids = connection.execute(_INSERT_ROWS, values).scalars().all()
         for row, row_id in zip(new, ids, strict=True):
@@ -291,7 +271,6 @@ def write(session: Session, rows: Sequence[OutboxMessage], *, last: bool = False
 
 _AFTER_WRITE = "aftercare.outbox_after_write"
 """`session.info` key: what `OutboxSender.take` left to do once the rows it took have ids."""
-_NO_OPTIONS: dict[str, Any] = {}
 _RIDERS = "aftercare.outbox_riders"
 """`session.info` key: the statement waiting to ride along with the next row written."""
 _RIDING: dict[Any, Any] = {}
@@ -1148,8 +1127,7 @@ class OutboxSender:
 
     def take(self, session: Session, rows: Sequence[OutboxMessage]) -> list[_Taken]:
         """Claim rows a conversation turn has just made, in the turn's own transaction; the
-        caller then writes them all (`write`, the transaction's last statement: on PostgreSQL
-        its COMMIT goes with it).
+        caller then writes them all (`write`, the transaction's last statement).
 
         A reply then needs no claim of its own: after the commit, `adopt` queues it. The first
         row for each person also gets its in-flight mark here, so it goes out without another

@@ -319,17 +319,19 @@ async def test_her_reply_goes_to_the_sender_in_her_turn_whatever_waits_for_other
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_her_turn_waits_for_postgresql_twice_begin_and_commit_riding_along(
+async def test_her_turn_is_two_statements_between_begin_and_commit(
     world: World, tmp_path: Path
 ) -> None:
-    """Her text's turn, as psycopg's protocol trace shows it: her row locked (her update and
-    message recorded) with the BEGIN before it, then her reply written (her new state with
-    it) with the COMMIT after it. Two waits for the database, where a turn once took three."""
+    """Her text's turn, as psycopg's protocol trace shows it: BEGIN; her row locked (her
+    update and message recorded, her state read with it); her reply written (her new state
+    riding along); COMMIT: four waits for the database."""
     await enrolled(world)
     trace = tmp_path / "trace.txt"
     with tracing(world.care.engine, trace):
         await world.text("dank je")
-    assert round_trips(trace) == 2, "BEGIN with her row's lock, COMMIT with her reply"
+    sent = [fields[2] for fields in client_messages(trace)]
+    assert sent.count("Sync") == 2, "two statements: her row's lock, her reply"
+    assert round_trips(trace) == 4, "BEGIN, two statements, COMMIT"
     assert sum("COMMIT" in " ".join(fields) for fields in client_messages(trace)) == 1
     assert len(world.to_client()) == 1, "her reply was written, and committed"
 

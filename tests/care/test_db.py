@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from care.context import Care
 from care.db import (
-    COMMIT_ALONG,
-    PIPELINED_BEGIN,
     check_schema,
     insert_new,
     make_engine,
-    make_sessionmaker,
     open_connections,
 )
 from care.errors import DatabaseUnavailable, SchemaOutdated
 from care.models import ProcessedUpdate, utcnow
-from tests.care.protocol import round_trips, tracing
 
 
 def test_sqlite_runs_with_wal_full_sync_and_foreign_keys(tmp_path: Path) -> None:
@@ -204,187 +196,3 @@ def test_connections_opened_at_start_wait_in_the_pool(care_ctx: Care) -> None:
     open_connections(care_ctx.engine, 3)
     pool = care_ctx.engine.pool
     assert pool.checkedin() == 3, "open, and ready for the first turns"  # type: ignore[attr-defined]
-
-
-@contextmanager
-def _pg_engine_tracing(url: str, trace: Path) -> Iterator[Engine]:
-    """An engine whose one pooled connection writes psycopg's protocol trace to `trace`
-    (`tests.care.protocol.tracing`: what opening it sent is not in the trace)."""
-    engine = make_engine(url, pool_size=1, max_overflow=0)
-    with tracing(engine, trace):
-        yield engine
-
-
-@pytest.mark.postgres
-def test_a_pipelined_begin_goes_with_the_first_statement_and_the_transaction_holds(
-    pg_database: str, tmp_path: Path
-) -> None:
-    trace = tmp_path / "trace.txt"
-    with _pg_engine_tracing(pg_database, trace) as engine:
-        sessions = make_sessionmaker(engine)
-        with sessions.begin() as session:
-            session.connection(execution_options=PIPELINED_BEGIN)
-            session.add(ProcessedUpdate(update_id=1, processed_at=utcnow()))
-            session.flush()  # the first statement: BEGIN goes with it
-            session.add(ProcessedUpdate(update_id=2, processed_at=utcnow()))
-        assert round_trips(trace) == 3, "BEGIN + INSERT, INSERT, COMMIT: three round trips"
-
-        trace.write_text("")
-        with sessions.begin() as session:  # psycopg's own BEGIN, as before
-            session.add(ProcessedUpdate(update_id=3, processed_at=utcnow()))
-            session.flush()
-            session.add(ProcessedUpdate(update_id=4, processed_at=utcnow()))
-        assert round_trips(trace) == 4, "the connection went back to the pool as it came"
-
-        with pytest.raises(RuntimeError), sessions.begin() as session:
-            session.connection(execution_options=PIPELINED_BEGIN)
-            session.add(ProcessedUpdate(update_id=5, processed_at=utcnow()))
-            session.flush()
-            session.execute(text("SELECT 1"))
-            raise RuntimeError("the turn failed")
-        with sessions() as session:
-            stored = session.scalars(
-                select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id < 10)
-            ).all()
-        assert sorted(stored) == [1, 2, 3, 4], "the failed transaction left nothing"
-
-
-_INSERT_MARK = text("INSERT INTO processed_updates VALUES (:id, now())")
-
-
-def _marks(sessions: Any, ids: list[int]) -> list[int]:
-    with sessions() as session:
-        stored = session.scalars(
-            select(ProcessedUpdate.update_id).where(ProcessedUpdate.update_id.in_(ids))
-        ).all()
-    return sorted(stored)
-
-
-@contextmanager
-def _one_connection(url: str) -> Iterator[Any]:
-    """Sessions on an engine with one pooled connection: what a test does next runs on the
-    same connection as what went before (disposed afterwards)."""
-    engine = make_engine(url, pool_size=1, max_overflow=0)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
-
-def _commit_along(sessions: Any, update_id: int) -> None:
-    """One pipelined transaction whose only statement carries its COMMIT."""
-    with sessions.begin() as session:
-        connection = session.connection(execution_options=PIPELINED_BEGIN)
-        connection.execute(_INSERT_MARK, {"id": update_id}, execution_options=COMMIT_ALONG)
-
-
-@pytest.mark.postgres
-def test_a_commit_along_goes_with_the_last_statement_and_the_session_sends_no_other(
-    pg_database: str, tmp_path: Path
-) -> None:
-    trace = tmp_path / "trace.txt"
-    with _pg_engine_tracing(pg_database, trace) as engine:
-        sessions = make_sessionmaker(engine)
-        with sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 20})
-            connection.execute(_INSERT_MARK, {"id": 21}, execution_options=COMMIT_ALONG)
-        assert round_trips(trace) == 2, "BEGIN + INSERT, INSERT + COMMIT: two round trips"
-        assert "COMMIT" in trace.read_text()
-        assert _marks(sessions, [20, 21]) == [20, 21]
-
-        trace.write_text("")
-        with sessions.begin() as session:  # alone, the last statement is the first one too
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 22}, execution_options=COMMIT_ALONG)
-        assert round_trips(trace) == 1, "BEGIN + INSERT + COMMIT: one round trip"
-        assert _marks(sessions, [22]) == [22]
-
-        trace.write_text("")
-        with sessions.begin() as session:  # without a pipelined BEGIN it means nothing
-            session.connection().execute(_INSERT_MARK, {"id": 23}, execution_options=COMMIT_ALONG)
-        assert round_trips(trace) == 3, "psycopg's BEGIN, the INSERT, the session's COMMIT"
-        assert _marks(sessions, [23]) == [23]
-
-
-@pytest.mark.postgres
-def test_a_last_statement_that_fails_commits_nothing_and_the_connection_serves_on(
-    pg_database: str,
-) -> None:
-    with _one_connection(pg_database) as sessions:
-        with sessions.begin() as session:
-            session.connection().execute(_INSERT_MARK, {"id": 30})
-        with pytest.raises(IntegrityError), sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 31})
-            connection.execute(_INSERT_MARK, {"id": 30}, execution_options=COMMIT_ALONG)
-        assert _marks(sessions, [30, 31]) == [30], "the transaction's first write is undone"
-        _commit_along(sessions, 32)
-        assert _marks(sessions, [32]) == [32]
-
-
-@pytest.mark.postgres
-def test_a_commit_along_that_fails_is_reported_by_its_statement_and_undoes_all(
-    pg_database: str,
-) -> None:
-    """A constraint checked at COMMIT (deferred) fails: the statement's execution raises it,
-    nothing of the transaction stays, and the connection serves on."""
-    with _one_connection(pg_database) as sessions:
-        with sessions.begin() as session:
-            session.connection().execute(
-                text(
-                    "CREATE TABLE checked_late (id INT PRIMARY KEY, other INT REFERENCES"
-                    " checked_late (id) DEFERRABLE INITIALLY DEFERRED)"
-                )
-            )
-        with pytest.raises(IntegrityError), sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            connection.execute(_INSERT_MARK, {"id": 40})
-            connection.execute(
-                text("INSERT INTO checked_late VALUES (1, 999)"),
-                execution_options=COMMIT_ALONG,
-            )
-        assert _marks(sessions, [40]) == []
-        _commit_along(sessions, 41)
-        assert _marks(sessions, [41]) == [41]
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("first", ["with parameters", "without parameters", "many rows"])
-def test_a_pipelined_transaction_rolls_back_whatever_its_first_statement(
-    pg_database: str, first: str
-) -> None:
-    engine = make_engine(pg_database)
-    sessions = make_sessionmaker(engine)
-    marked = "INSERT INTO processed_updates (update_id, processed_at) VALUES (90, now())"
-    try:
-        with pytest.raises(RuntimeError), sessions.begin() as session:
-            connection = session.connection(execution_options=PIPELINED_BEGIN)
-            if first == "with parameters":
-                connection.execute(_INSERT_MARK, {"id": 90})
-            elif first == "without parameters":
-                connection.execution_options(no_parameters=True).exec_driver_sql(marked)
-            else:
-                connection.execute(_INSERT_MARK, [{"id": 90}, {"id": 91}])
-            raise RuntimeError("the turn failed")
-        assert _marks(sessions, [90, 91]) == [], "inside the transaction, undone"
-    finally:
-        engine.dispose()
-
-
-@pytest.mark.postgres
-def test_a_pipelined_first_statement_that_fails_is_reported_and_the_connection_serves_on(
-    pg_database: str,
-) -> None:
-    with _one_connection(pg_database) as sessions:
-        with sessions.begin() as session:
-            session.add(ProcessedUpdate(update_id=70, processed_at=utcnow()))
-        with pytest.raises(IntegrityError), sessions.begin() as session:
-            session.connection(execution_options=PIPELINED_BEGIN)
-            session.add(ProcessedUpdate(update_id=70, processed_at=utcnow()))  # a duplicate
-            session.flush()
-        with sessions.begin() as session:
-            session.connection(execution_options=PIPELINED_BEGIN)
-            session.add(ProcessedUpdate(update_id=71, processed_at=utcnow()))
-        with sessions() as session:
-            assert session.get(ProcessedUpdate, 71) is not None
