@@ -520,16 +520,18 @@ def main() -> None:
         print(json.dumps(asyncio.run(run_echo(args.token, args.base_url, ours))))
         return
     if args.child == "ours":
+        from bot.bootstrap import run_served  # the bot's own loop, as `aftercare run` has it
+
         run = run_ours(args.backend, args.clients, args.token, args.base_url, args.inside)
         profile = os.environ.get("BENCH_PROFILE")  # a path: cProfile stats of the bot go there
         if profile:
             import cProfile
 
             with cProfile.Profile() as profiler:
-                result = asyncio.run(run)
+                result = run_served(run)
             profiler.dump_stats(profile)
         else:
-            result = asyncio.run(run)
+            result = run_served(run)
         print(json.dumps(result))
         return
     if args.rounds < 1:

@@ -62,7 +62,9 @@ def run() -> None:
         )
         asyncio.run(_console(None))
         return
-    asyncio.run(_serve(s.telegram.token.get_secret_value()))
+    from bot.bootstrap import run_served
+
+    run_served(_serve(s.telegram.token.get_secret_value()))
 
 
 @main.command()

@@ -64,6 +64,8 @@ def test_aftercare_run_serves_and_stops_on_sigterm(
             bot.wait()
     assert bot.returncode == 0, stderr[-2000:]
     assert "bot.stopped" in stderr
+    if sys.platform != "win32":
+        assert "loop=uvloop" in stderr, "it served on uvloop's event loop"
     texts = fake_telegram.texts(CHAT)
     assert texts[0] == "Hoi! 👋 Fijn dat je er bent."
     assert len(texts) >= 3, "the reply to 'hoi' went out before the process ended"
