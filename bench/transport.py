@@ -4,7 +4,9 @@ A child process makes `--calls` sendMessage calls through python-telegram-bot's 
 a time, against the fake Bot API in this process, once with PTB's `HTTPXRequest` and once with
 `bot.telegram.transport.AiohttpRequest`, in turns (`--rounds`), and prints the child's CPU
 time per call. The fake answers at once, so the figures are the client's own work: what a
-bot pays per Bot API call on one CPU.
+bot pays per Bot API call on one CPU. A third row sends the same texts as the bot does, through
+`bot.telegram.TelegramChannel` on aiohttp (which reads only the message id of Telegram's
+answer, where `Bot.send_message` builds a whole `Message`).
 
     .venv/bin/python bench/transport.py              # 2 rounds x 1500 calls (~20 s)
 
@@ -29,7 +31,7 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
 
-KINDS = ("httpx", "aiohttp")
+KINDS = ("httpx", "aiohttp", "channel")
 AT_ONCE = 4
 """Calls in flight together (the outbox keeps a few going)."""
 
@@ -44,17 +46,29 @@ async def child(kind: str, token: str, base_url: str, calls: int) -> dict[str, f
     from telegram import Bot
     from telegram.request import BaseRequest, HTTPXRequest
 
+    from bot.telegram import TelegramChannel
     from bot.telegram.transport import AiohttpRequest
+    from care.models import RecipientKind
+    from care.outbox import Outgoing
 
-    request: BaseRequest = AiohttpRequest() if kind == "aiohttp" else HTTPXRequest()
+    request: BaseRequest = HTTPXRequest() if kind == "httpx" else AiohttpRequest()
     async with Bot(token, base_url=base_url, request=request) as bot:
+        channel = TelegramChannel(bot)
+
+        async def send(chat_id: int, text: str) -> None:
+            if kind != "channel":
+                await bot.send_message(chat_id, text)
+                return
+            message = Outgoing(0, RecipientKind.CLIENT, 0, chat_id, "text", text)
+            await channel.deliver(message)
+
         for n in range(50):  # warm: connections open, code paths run once
-            await bot.send_message(1 + n, "hallo")
+            await send(1 + n, "hallo")
         gate = asyncio.Semaphore(AT_ONCE)
 
         async def one(n: int) -> None:
             async with gate:
-                await bot.send_message(1 + n % 50, "Hoi! Hoe gaat het vandaag met je?")
+                await send(1 + n % 50, "Hoi! Hoe gaat het vandaag met je?")
 
         cpu, wall = _cpu(), time.perf_counter()
         await asyncio.gather(*(one(n) for n in range(calls)))
@@ -92,6 +106,7 @@ def main() -> None:
             print(f"{kind:10} {round_:>5} {figures['cpu_ms']:>12.2f} {figures['wall_ms']:>13.2f}")
     if len(best) == len(KINDS):
         print(f"aiohttp needs {best['aiohttp'] / best['httpx']:.2f}x the CPU of httpx per call")
+        print(f"the channel needs {best['channel'] / best['aiohttp']:.2f}x the CPU of send_message")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,32 @@ async def test_a_message_with_buttons_arrives_protected(
     assert sent.protect_content
 
 
+async def test_a_text_longer_than_telegram_takes_goes_in_parts_with_the_buttons_last(
+    bot: Bot, fake_telegram: FakeTelegram
+) -> None:
+    words = ("Een lange brief. " * 400).strip()  # 6,800 characters: two messages
+    buttons = ((Button("b1", "Gelezen"),),)
+    delivered = await TelegramChannel(bot).deliver(text(words, buttons=buttons))
+    first, second = fake_telegram.sent(CHAT)
+    assert delivered.message_ids == (first.message_id, second.message_id), "both can be wiped"
+    assert f"{first.text} {second.text}" == words
+    assert not first.buttons and second.buttons == [("Gelezen", "b1")]
+    assert first.protect_content and second.protect_content
+
+
+async def test_an_answer_without_a_message_id_is_delivered_and_logged_without_text(
+    bot: Bot, fake_telegram: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram took the message but its answer holds no id: it went out, so it is not sent
+    again (nor is it an error); only a wipe cannot reach it."""
+    fake_telegram.answer_strangely_next("sendMessage", True)
+    delivered = await TelegramChannel(bot).deliver(text("Hoe gaat het?"))
+    assert delivered.message_ids == ()
+    assert [m.text for m in fake_telegram.sent(CHAT)] == ["Hoe gaat het?"]
+    assert "telegram.sent_without_id" in caplog.text
+    assert "Hoe gaat" not in caplog.text and str(CHAT) not in caplog.text
+
+
 async def test_a_photo_is_uploaded_with_its_caption(bot: Bot, fake_telegram: FakeTelegram) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
     message = Outgoing(

@@ -374,12 +374,13 @@ class _Fault:
     method: str
     chat_id: int | None
     times: int | None
-    kind: Literal["error", "drop", "delay"]
+    kind: Literal["error", "drop", "delay", "strange"]
     after: bool = False
     status: int = 0
     description: str | None = None
     retry_after: int | None = None
     seconds: float = 0.0
+    result: JSON | bool | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -1113,6 +1114,13 @@ class FakeTelegram:
             _Fault(method.lower(), chat_id, times, "delay", after=after, seconds=seconds)
         )
 
+    def answer_strangely_next(
+        self, method: str, result: JSON | bool | None, *, times: int | None = 1
+    ) -> None:
+        """Let the next calls of ``method`` take effect, then answer ``{"ok": true}`` with
+        ``result`` instead of what Telegram would give (a Bot API that changed, a proxy)."""
+        self._add_fault(_Fault(method.lower(), None, times, "strange", after=True, result=result))
+
     def clear_faults(self) -> None:
         """Forget every injected fault and block."""
         with self._lock:
@@ -1216,6 +1224,8 @@ class FakeTelegram:
                     raise _ApiError(fault.status, fault.description or "", fault.retry_after)
             with self._lock:
                 result = handler(request)
+            if fault is not None and fault.kind == "strange":
+                result = fault.result
             body = _dumps({"ok": True, "result": result})
             if fault is not None and fault.after:
                 if fault.kind == "drop":
