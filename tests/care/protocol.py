@@ -46,5 +46,5 @@ def client_messages(trace: Path) -> list[list[str]]:
 
 def round_trips(trace: Path) -> int:
     """How many times the client waited for the server: each Sync (the end of one or more
-    statements) and each simple Query (psycopg's COMMIT) is one round trip."""
+    statements) and each simple Query (psycopg's BEGIN and COMMIT) is one round trip."""
     return sum(1 for fields in client_messages(trace) if fields[2] in ("Sync", "Query"))

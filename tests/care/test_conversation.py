@@ -329,10 +329,11 @@ async def test_her_turn_is_two_statements_between_begin_and_commit(
     trace = tmp_path / "trace.txt"
     with tracing(world.care.engine, trace):
         await world.text("dank je")
-    sent = [fields[2] for fields in client_messages(trace)]
-    assert sent.count("Sync") == 2, "two statements: her row's lock, her reply"
+    sent = client_messages(trace)
+    kinds = [fields[2] for fields in sent]
+    assert kinds.count("Sync") == 2, "two statements: her row's lock, her reply"
     assert round_trips(trace) == 4, "BEGIN, two statements, COMMIT"
-    assert sum("COMMIT" in " ".join(fields) for fields in client_messages(trace)) == 1
+    assert sum("COMMIT" in " ".join(fields) for fields in sent) == 1
     assert len(world.to_client()) == 1, "her reply was written, and committed"
 
 
