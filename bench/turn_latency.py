@@ -331,8 +331,8 @@ def bench_care(url: str, clients: int) -> Care:
 
 
 class TurnTimer:
-    """`--inside`: each transaction on the turn threads (asyncio's default executor; the
-    outbox sender's threads are left out), from its BEGIN until its COMMIT is done: wall
+    """`--inside`: each transaction on the turn threads (the event loop's default executor;
+    the outbox sender's named threads are left out), from its BEGIN until its COMMIT is done: wall
     time, the thread's CPU, and how long its statements and COMMIT took, in wall time and
     in the thread's CPU."""
 
@@ -350,7 +350,9 @@ class TurnTimer:
 
     @staticmethod
     def _on_turn_thread() -> bool:
-        return threading.current_thread().name.startswith("asyncio")
+        # The loop's default executor: asyncio names its threads asyncio_N, uvloop (the
+        # bot's loop, `bootstrap.run_served`) uvloop_N.
+        return threading.current_thread().name.startswith(("asyncio_", "uvloop_"))
 
     @staticmethod
     def _now() -> tuple[float, float]:
