@@ -25,16 +25,17 @@ import io
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from care import audit, directory, escalations, outbox
 from care.context import Care
@@ -214,6 +215,14 @@ _T: dict[str, dict[str, str]] = {
     "appointment_expired": {
         "nl": "Deze bevestiging is verlopen. Stuur /appointment opnieuw.",
         "en": "This confirmation has expired. Send /appointment again.",
+    },
+    "appointment_already_saved": {
+        "nl": "Deze afspraak is al opgeslagen. Er komt geen tweede.",
+        "en": "This appointment is saved already. It is not saved twice.",
+    },
+    "appointment_already_cancelled": {
+        "nl": "Deze afspraak was al geannuleerd. Er is niets opgeslagen.",
+        "en": "This appointment was cancelled already. Nothing was saved.",
     },
     "client_appointment": {
         "nl": "Nieuwe afspraak met {worker_name}: {when}.",
@@ -450,13 +459,15 @@ def mood_chart(points: Sequence[tuple[datetime, str]], title: str) -> bytes:
 
 @dataclass(frozen=True)
 class _Draft:
-    """An appointment waiting for the worker's confirmation."""
+    """An appointment waiting for the worker's confirmation; once confirmed (`settled`), kept
+    until `expires` so that a second press is told what the first did."""
 
     worker_id: int
     client_id: int
     starts_at: datetime
     place: str | None
     expires: float
+    settled: Literal["saved", "cancelled"] | None = None
 
 
 class WorkerDesk:
@@ -475,7 +486,9 @@ class WorkerDesk:
         self.bot_username = bot_username or care.settings.telegram.username
         self.chart_weeks = chart_weeks
         # Drafts live in this process only: a restart asks the worker to send the command again.
+        # Turns run on several threads: the lock makes a draft's check and settling one step.
         self._drafts: dict[str, _Draft] = {}
+        self._drafts_lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry points
 
@@ -805,11 +818,12 @@ class WorkerDesk:
             self._say(session, worker, _t("past_date", lang))
             return
         place = " ".join(args[3:]).strip()[:200] or None
-        self._prune_drafts()
         token = secrets.token_hex(4)
-        self._drafts[token] = _Draft(
-            worker.id, client.id, starts_at, place, time.monotonic() + PENDING_TTL_SECONDS
-        )
+        with self._drafts_lock:
+            self._prune_drafts()
+            self._drafts[token] = _Draft(
+                worker.id, client.id, starts_at, place, time.monotonic() + PENDING_TTL_SECONDS
+            )
         when = format_when(starts_at, client.timezone, lang)
         self._say(
             session,
@@ -831,7 +845,51 @@ class WorkerDesk:
             client_id=client.id,
         )
 
+    def _settle_draft(
+        self, worker: Worker, token: str, save: bool
+    ) -> tuple[_Draft | None, _Draft | None]:
+        """The worker's draft behind `token` (None: unknown, expired or another's) and, unless
+        it was settled before, the settled one now in its place; one step under the lock, so
+        that of two presses at once only one saves."""
+        with self._drafts_lock:
+            self._prune_drafts()
+            draft = self._drafts.get(token)
+            if draft is None or draft.worker_id != worker.id:
+                return None, None
+            if draft.settled is not None:
+                return draft, None
+            settled = replace(
+                draft,
+                settled="saved" if save else "cancelled",
+                expires=time.monotonic() + PENDING_TTL_SECONDS,
+            )
+            self._drafts[token] = settled
+            return draft, settled
+
+    def _unsettle_unless_committed(
+        self, session: Session, token: str, draft: _Draft, settled: _Draft
+    ) -> None:
+        """Give the worker's draft back, unconfirmed, when the transaction that confirmed it
+        ends without a commit (the turn failed and was rolled back: nothing was saved, and the
+        worker's next press must save it, not be told it was)."""
+        committed = False
+
+        def on_commit(_session: Session) -> None:
+            nonlocal committed
+            committed = True
+
+        def on_end(_session: Session, transaction: SessionTransaction) -> None:
+            if transaction.parent is not None or committed:
+                return  # a savepoint ended, or the confirmation is durable
+            with self._drafts_lock:
+                if self._drafts.get(token) is settled:
+                    self._drafts[token] = draft
+
+        event.listen(session, "after_commit", on_commit, once=True)
+        event.listen(session, "after_transaction_end", on_end)
+
     def _prune_drafts(self) -> None:
+        """Forget drafts past their time; the caller holds `_drafts_lock`."""
         now = time.monotonic()
         for token in [t for t, d in self._drafts.items() if d.expires < now]:
             del self._drafts[token]
@@ -1092,23 +1150,30 @@ class WorkerDesk:
         self, session: Session, worker: Worker, save: bool, token: str, now: datetime
     ) -> None:
         lang = worker.language
-        self._prune_drafts()
-        draft = self._drafts.get(token)
-        if draft is None or draft.worker_id != worker.id:
+        draft, settled = self._settle_draft(worker, token, save)
+        if draft is None:
             self._say(session, worker, _t("appointment_expired", lang))
             return
-        del self._drafts[token]
+        if settled is None:  # pressed twice: the first press did it
+            self._say(session, worker, _t(f"appointment_already_{draft.settled}", lang))
+            return
+        self._unsettle_unless_committed(session, token, draft, settled)
         if not save:
             self._say(session, worker, _t("appointment_cancelled", lang))
             return
         client = session.get(Client, draft.client_id)
         if client is None or client.org_id != worker.org_id:
+            with self._drafts_lock:
+                self._drafts.pop(token, None)
             self._say(session, worker, _t("appointment_expired", lang))
             return
         try:
             with savepoint(session):
                 self.appointments(session, self.care, client, worker, draft.starts_at, draft.place)
         except CareError as exc:
+            with self._drafts_lock:  # nothing saved: pressing again tries again
+                if self._drafts.get(token) is settled:
+                    self._drafts[token] = draft
             self._say(session, worker, str(exc))
             return
         self._look(session, worker, "worker.appointment", client)

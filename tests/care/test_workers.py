@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from care import directory
 from care.context import Care
@@ -22,7 +24,14 @@ from care.models import (
     Worker,
     WorkerRole,
 )
-from care.workers import ClockChange, NoSuchDate, mood_chart, parse_when
+from care.workers import (
+    ClockChange,
+    NoSuchDate,
+    WorkerDesk,
+    mood_chart,
+    parse_when,
+    plain_appointment,
+)
 from tests.bot.world import WORKER_CHAT, World, make_world
 
 COORDINATOR_CHAT = 5_550_010
@@ -31,7 +40,12 @@ COORDINATOR_CHAT = 5_550_010
 @pytest.fixture
 def world(care_ctx: Care) -> World:
     """Het Anker, Anna (linked), roos-1 (linked), and a second client of a colleague."""
-    made = make_world(care_ctx)
+    return anker(care_ctx)
+
+
+def anker(care_ctx: Care, desk: WorkerDesk | None = None) -> World:
+    """The `world` fixture's world, with the given desk."""
+    made = make_world(care_ctx, desk=desk)
     with care_ctx.sessions.begin() as session:
         directory.link_chat(session, care_ctx.vault, made.client_code, 5_550_001)
         bram = directory.add_worker(session, care_ctx.vault, "Het Anker", "Bram")
@@ -158,7 +172,11 @@ async def test_appointment_is_saved_only_after_confirming(world: World) -> None:
     await world.press(cancel, chat_id=WORKER_CHAT)
     assert world.to_worker()[-1].text == "Oké, niet opgeslagen."
     await world.press(cancel, chat_id=WORKER_CHAT)
-    assert "verlopen" in world.to_worker()[-1].text
+    assert world.to_worker()[-1].text == (
+        "Deze afspraak was al geannuleerd. Er is niets opgeslagen."
+    )
+    with world.care.sessions() as session:
+        assert session.scalars(select(Appointment)).all() == []
 
 
 async def test_appointment_confirmation_saves_and_tells_her(world: World) -> None:
@@ -175,6 +193,71 @@ async def test_appointment_confirmation_saves_and_tells_her(world: World) -> Non
     with world.care.sessions() as session:
         saved = session.scalars(select(Appointment)).one()
     assert saved.starts_at == datetime(2026, 12, 31, 13, 30, tzinfo=UTC)
+
+
+def saved_appointments(world: World) -> list[Appointment]:
+    with world.care.sessions() as session:
+        return list(session.scalars(select(Appointment)).all())
+
+
+async def test_pressing_save_twice_saves_one_appointment(world: World) -> None:
+    """A worker who taps again (a slow phone, a double tap) is told it is saved already, not
+    asked to send it again, which would give her two appointments and every reminder twice."""
+    await world.command("appointment", "roos-1", "31-12-2026", "14:30", chat_id=WORKER_CHAT)
+    confirmation = world.to_worker()[-1]
+    await world.press(confirmation.button("Opslaan"), chat_id=WORKER_CHAT)
+    assert world.to_worker()[-1].text.startswith("Opgeslagen: afspraak met roos-1")
+    assert len(world.to_client()) == 1
+    for button in ("Opslaan", "Annuleren"):
+        await world.press(confirmation.button(button), chat_id=WORKER_CHAT)
+        assert world.to_worker()[-1].text == (
+            "Deze afspraak is al opgeslagen. Er komt geen tweede."
+        )
+    assert world.to_client() == []
+    assert len(saved_appointments(world)) == 1
+
+
+async def test_two_taps_at_once_save_one_appointment(world: World) -> None:
+    await world.command("appointment", "roos-1", "31-12-2026", "14:30", chat_id=WORKER_CHAT)
+    save = world.to_worker()[-1].button("Opslaan")
+    await asyncio.gather(*(world.press(save, chat_id=WORKER_CHAT) for _ in range(2)))
+    answers = sorted(sent.text for sent in world.to_worker())
+    assert answers[0] == "Deze afspraak is al opgeslagen. Er komt geen tweede."
+    assert answers[1].startswith("Opgeslagen: afspraak met roos-1")
+    assert len(saved_appointments(world)) == 1
+    assert len(world.to_client()) == 1
+
+
+async def test_a_save_that_failed_is_saved_by_the_next_press(care_ctx: Care) -> None:
+    """The turn that confirmed it failed and was rolled back: the worker is told so, and the
+    same button saves it after all (not "saved already", which would lose it)."""
+    failures = ["the disk is full"]
+
+    def book_failing_once(
+        session: Session,
+        care: Care,
+        client: Client,
+        worker: Worker,
+        starts_at: datetime,
+        place: str | None,
+    ) -> Appointment:
+        if failures:
+            raise RuntimeError(failures.pop())
+        return plain_appointment(session, care, client, worker, starts_at, place)
+
+    world = anker(care_ctx, WorkerDesk(care_ctx, appointments=book_failing_once))
+    await world.command("appointment", "roos-1", "31-12-2026", "14:30", chat_id=WORKER_CHAT)
+    save = world.to_worker()[-1].button("Opslaan")
+    await world.press(save, chat_id=WORKER_CHAT)
+    assert world.to_worker()[-1].text == (
+        "Sorry, dat lukte niet door een fout bij mij. Probeer het zo nog eens."
+    )
+    assert saved_appointments(world) == []
+    assert world.to_client() == []
+    await world.press(save, chat_id=WORKER_CHAT)
+    assert world.to_worker()[-1].text.startswith("Opgeslagen: afspraak met roos-1")
+    assert len(saved_appointments(world)) == 1
+    assert len(world.to_client()) == 1
 
 
 async def test_appointments_in_the_past_or_unreadable_are_refused(world: World) -> None:
