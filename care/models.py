@@ -189,7 +189,8 @@ class Organisation(Base):
 
 
 class DataKey(Base):
-    """A person's data key, wrapped by a master key. Deleting it erases her data."""
+    """A person's data key, wrapped by a master key. Erasing it (`care.vault.Vault.erase`)
+    erases her data; the row stays, so that its id is never another key's."""
 
     __tablename__ = "data_keys"
 

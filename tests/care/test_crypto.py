@@ -23,7 +23,7 @@ from care.crypto import (
     write_key_file,
 )
 from care.errors import DecryptionError, KeysError
-from care.models import Client, WorkerRole
+from care.models import Client, Worker, WorkerRole
 from care.vault import Vault
 
 
@@ -167,3 +167,49 @@ def test_rotation_then_removing_old_master_key_still_reads_everything(
             assert reader.decrypt(session, key_id, token).startswith("note ")
         aliases = session.scalars(select(Client.alias)).all()
         assert sorted(aliases) == ["maan", "roos", "zon"]
+
+
+def test_a_new_key_never_takes_an_erased_keys_id(care_ctx: Care) -> None:
+    """The bot holds her key's cipher in memory; the CLI, another process, erases her (her
+    key the newest) and then adds a worker. The worker's key must not take her key's id: the
+    bot would encrypt the worker's chat id with her destroyed key, readable only until it
+    restarts, and after that alerts to the worker could not be sent."""
+    bot = care_ctx.vault
+    cli = Vault(care_ctx.keyring)
+    client_id, _ = _client_with_note(care_ctx, "roos", "note for roos")
+    with care_ctx.sessions() as session:
+        client = session.get(Client, client_id)
+        assert client is not None and client.data_key_id is not None
+        her_key = client.data_key_id
+        bot.cipher(session, her_key)  # she chatted: her cipher is cached
+    with care_ctx.sessions.begin() as session:
+        client = session.get(Client, client_id)
+        assert client is not None
+        directory.erase_client(session, cli, client, "admin:test")
+    with care_ctx.sessions.begin() as session:
+        issued = directory.add_worker(session, cli, "Kompas", "Bram")
+        worker = session.get(Worker, issued.id)
+        assert worker is not None
+        new_key = worker.data_key_id
+        assert new_key != her_key
+        chat = bot.encrypt(session, new_key, "5550123")
+    restarted = Vault(care_ctx.keyring)
+    with care_ctx.sessions() as session:
+        assert restarted.decrypt(session, new_key, chat) == "5550123"
+
+
+def test_a_key_made_in_a_transaction_that_rolled_back_is_not_remembered(care_ctx: Care) -> None:
+    """A key used and then rolled back (an /invite that failed) may give its id to the next
+    key, on SQLite: the cipher cached for it must not be used for the next one."""
+    _client_with_note(care_ctx, "roos", "note for roos")
+    vault = care_ctx.vault
+    with pytest.raises(RuntimeError), care_ctx.sessions.begin() as session:
+        lost = vault.new_key(session)
+        vault.encrypt(session, lost.id, "never stored")
+        raise RuntimeError("the invite failed")
+    with care_ctx.sessions.begin() as session:
+        kept = vault.new_key(session)
+        token = vault.encrypt(session, kept.id, "stored")
+        kept_id = kept.id
+    with care_ctx.sessions() as session:
+        assert Vault(care_ctx.keyring).decrypt(session, kept_id, token) == "stored"
