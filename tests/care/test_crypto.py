@@ -213,3 +213,20 @@ def test_a_key_made_in_a_transaction_that_rolled_back_is_not_remembered(care_ctx
         kept_id = kept.id
     with care_ctx.sessions() as session:
         assert Vault(care_ctx.keyring).decrypt(session, kept_id, token) == "stored"
+
+
+def test_rotation_and_retiring_pass_over_an_erased_key(care_ctx: Care) -> None:
+    original = new_key_set()
+    care_ctx.vault = Vault(keyring_from_set(original, "keys v1"))
+    _client_with_note(care_ctx, "roos", "note for roos")
+    with care_ctx.sessions.begin() as session:
+        client = session.scalars(select(Client)).one()
+        directory.erase_client(session, care_ctx.vault, client, "admin:test")
+    rotated = Vault(keyring_from_set(add_master_key(original), "keys v2"))
+    with care_ctx.sessions() as session:
+        # The worker's key only: the erased one has no key left to re-wrap.
+        assert rotated.keys_to_rotate(session) == 1
+        assert rotated.rotate(session) == 1
+        assert rotated.keys_to_rotate(session) == 0
+        # So the old master key can be retired: no data key is wrapped with it any more.
+        assert rotated.master_keys_in_use(session) == {rotated.keyring.primary_id}
