@@ -178,7 +178,10 @@ BEFORE_SAVEPOINT = "aftercare.before_savepoint"
 def savepoint(session: Session) -> Iterator[None]:
     """`session.begin_nested()`, once the writes this transaction holds back have run
     (`care.outbox.ride_along`): a write inside the savepoint must not overtake them, and a
-    rollback to it must not take them back. Use it instead of `begin_nested` in our code."""
+    rollback to it must not take them back. Use it instead of `begin_nested` in our code.
+    Objects added to the session before it are flushed before it begins (SQLAlchemy does so):
+    add inside it what its rollback must take back, or their failure ends the whole
+    transaction."""
     run = session.info.get(BEFORE_SAVEPOINT)
     if run is not None:
         run(session)

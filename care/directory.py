@@ -164,7 +164,7 @@ def _new_alias(session: Session, org_id: int) -> str:
         ).first()
         if taken is None:
             return alias
-    raise InvalidInput("could not find a free alias; give one with --alias")
+    raise InvalidInput("could not find a free alias; give one with --alias", "no_free_alias")
 
 
 def invite_client(
@@ -191,7 +191,8 @@ def invite_client(
     elif not _ALIAS_FORM.match(alias):
         raise InvalidInput(
             "the alias must be 2 to 40 letters, digits, '.', '_' or '-' (a nickname, "
-            "never her legal name)"
+            "never her legal name)",
+            "alias_form",
         )
     key = vault.new_key(session)
     client = Client(
@@ -203,12 +204,14 @@ def invite_client(
         assigned_worker_id=worker.id,
         data_key_id=key.id,
     )
-    session.add(client)
     try:
-        with savepoint(session):
+        with savepoint(session):  # added inside it: its rollback takes the row back
+            session.add(client)
             session.flush()
     except IntegrityError:
-        raise InvalidInput(f"the alias {alias!r} is already used in this organisation") from None
+        raise InvalidInput(
+            f"the alias {alias!r} is already used in this organisation", "alias_taken"
+        ) from None
     code = issue_code(
         session, vault.keyring, CodeKind.CLIENT, client_id=client.id, valid_days=valid_days
     )

@@ -62,4 +62,10 @@ class NotAllowed(CareError):
 
 
 class InvalidInput(CareError):
-    """A value given by a person is not acceptable."""
+    """A value given by a person is not acceptable. The message is English, for the CLI;
+    `reason`, where given, names the problem for a caller that words it in the person's own
+    language (the worker desk)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -216,6 +216,26 @@ _T: dict[str, dict[str, str]] = {
         "nl": "Deze bevestiging is verlopen. Stuur /appointment opnieuw.",
         "en": "This confirmation has expired. Send /appointment again.",
     },
+    "invalid_alias_form": {
+        "nl": "Een schuilnaam heeft 2 tot 40 letters, cijfers, '.', '_' of '-', zonder spaties."
+        " Nooit haar echte naam. Of laat hem weg: dan kies ik er een.",
+        "en": "An alias has 2 to 40 letters, digits, '.', '_' or '-', without spaces. Never her"
+        " real name. Or leave it out: then I choose one.",
+    },
+    "invalid_alias_taken": {
+        "nl": "Die schuilnaam is al in gebruik in jouw organisatie. Kies een andere, of laat hem"
+        " weg: dan kies ik er een.",
+        "en": "That alias is in use already in your organisation. Choose another, or leave it"
+        " out: then I choose one.",
+    },
+    "invalid_no_free_alias": {
+        "nl": "Ik vond geen vrije schuilnaam. Geef er zelf een: /invite SCHUILNAAM",
+        "en": "I found no free alias. Give one yourself: /invite ALIAS",
+    },
+    "invalid": {
+        "nl": "Dat kan zo niet. (Melding in het Engels: {detail})",
+        "en": "That cannot be done like that: {detail}.",
+    },
     "appointment_already_saved": {
         "nl": "Deze afspraak is al opgeslagen. Er komt geen tweede.",
         "en": "This appointment is saved already. It is not saved twice.",
@@ -536,9 +556,18 @@ class WorkerDesk:
         try:
             handler(session, worker, args, now)
         except InvalidInput as exc:
-            self._say(session, worker, str(exc))
+            self._refuse(session, worker, exc)
 
     # ------------------------------------------------------------------ helpers
+
+    def _refuse(self, session: Session, worker: Worker, exc: CareError) -> None:
+        """Tell the worker, in their language, why `care` refused what they asked."""
+        reason = exc.reason if isinstance(exc, InvalidInput) else None
+        key = f"invalid_{reason}"
+        if key in _T:
+            self._say(session, worker, _t(key, worker.language))
+        else:
+            self._say(session, worker, _t("invalid", worker.language, detail=str(exc)))
 
     def _say(
         self,
@@ -1174,7 +1203,7 @@ class WorkerDesk:
             with self._drafts_lock:  # nothing saved: pressing again tries again
                 if self._drafts.get(token) is settled:
                     self._drafts[token] = draft
-            self._say(session, worker, str(exc))
+            self._refuse(session, worker, exc)
             return
         self._look(session, worker, "worker.appointment", client)
         when = format_when(draft.starts_at, client.timezone, lang)

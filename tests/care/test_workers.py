@@ -451,3 +451,23 @@ async def test_what_her_worker_arranges_at_night_reaches_her_in_the_morning(
     assert handed.endswith("Zij krijgt het bericht om 04-03 08:00 (stille tijd).")
     morning = datetime(2026, 3, 4, 8, 0, tzinfo=amsterdam)
     assert [not_before for _, not_before, _ in relay_rows(world)] == [morning, morning]
+
+
+async def test_an_invite_with_a_bad_or_taken_alias_is_refused_in_her_workers_language(
+    world: World,
+) -> None:
+    """The alias rules come from the CLI's storage layer, in English; the worker reads them
+    in the desk's words, in their own language, and no client is made."""
+    with world.care.sessions() as session:
+        before = len(session.scalars(select(Client)).all())
+    assert await worker_says(world, "invite", "roos de", "Vries") == (
+        "Een schuilnaam heeft 2 tot 40 letters, cijfers, '.', '_' of '-', zonder spaties."
+        " Nooit haar echte naam. Of laat hem weg: dan kies ik er een."
+    )
+    assert await worker_says(world, "invite", "roos-1") == (
+        "Die schuilnaam is al in gebruik in jouw organisatie. Kies een andere, of laat hem"
+        " weg: dan kies ik er een."
+    )
+    with world.care.sessions() as session:
+        assert len(session.scalars(select(Client)).all()) == before
+    assert "Nieuwe cliënt roos-2" in await worker_says(world, "invite", "roos-2")
