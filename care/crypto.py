@@ -34,6 +34,11 @@ from care.errors import DecryptionError, KeysError
 KEYS_FORMAT = 1
 
 
+ERASED = "erased"
+"""The `DataKey.master_key_id` of an erased data key (`care.vault.Vault.erase`): its wrapped
+key is gone, its row keeps its id. No master key may have this id."""
+
+
 @dataclass(frozen=True)
 class MasterKey:
     """One master key with a stable id (so we know which rows still use it)."""
@@ -170,6 +175,11 @@ def read_key_set(text: str, source: str) -> dict[str, Any]:
     for number, entry in enumerate(masters, start=1):
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
             raise KeysError(f"{source}: master key {number} has no 'id'")
+        if entry["id"] == ERASED:
+            raise KeysError(
+                f"{source}: master key {number} may not be named {ERASED!r} (it marks an erased"
+                " data key); give it another id"
+            )
         try:
             Fernet(entry.get("key", ""))
         except (ValueError, TypeError, binascii.Error):

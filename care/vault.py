@@ -16,12 +16,9 @@ from collections.abc import Callable
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from care.crypto import Cipher, KeyRing, new_data_key
+from care.crypto import ERASED, Cipher, KeyRing, new_data_key
 from care.errors import DecryptionError
 from care.models import DataKey
-
-ERASED = "erased"
-"""`DataKey.master_key_id` of an erased key: its wrapped key is gone; its row keeps its id."""
 
 
 class Vault:

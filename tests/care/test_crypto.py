@@ -57,6 +57,10 @@ def test_key_file_is_written_private(tmp_path: Path) -> None:
             '{"format": 1, "master_keys": [{"id": "m1", "key": "c2hvcnQ="}], "index_key": ""}',
             "master key 'm1' is not a valid key",
         ),
+        (
+            '{"format": 1, "master_keys": [{"id": "erased", "key": "c2hvcnQ="}]}',
+            "master key 1 may not be named 'erased'",
+        ),
     ],
 )
 def test_bad_key_sets_are_refused_naming_the_source(content: str, expected: str) -> None:
