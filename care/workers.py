@@ -908,14 +908,17 @@ class WorkerDesk:
             committed = True
 
         def on_end(_session: Session, transaction: SessionTransaction) -> None:
-            if transaction.parent is not None or committed:
-                return  # a savepoint ended, or the confirmation is durable
-            with self._drafts_lock:
-                if self._drafts.get(token) is settled:
-                    self._drafts[token] = draft
+            if transaction.parent is None and not committed:  # not a savepoint, not durable
+                self._unsettle(token, draft, settled)
 
         event.listen(session, "after_commit", on_commit, once=True)
         event.listen(session, "after_transaction_end", on_end)
+
+    def _unsettle(self, token: str, draft: _Draft, settled: _Draft) -> None:
+        """Put the unconfirmed `draft` back where this confirmation put `settled`."""
+        with self._drafts_lock:
+            if self._drafts.get(token) is settled:
+                self._drafts[token] = draft
 
     def _prune_drafts(self) -> None:
         """Forget drafts past their time; the caller holds `_drafts_lock`."""
@@ -1200,9 +1203,7 @@ class WorkerDesk:
             with savepoint(session):
                 self.appointments(session, self.care, client, worker, draft.starts_at, draft.place)
         except CareError as exc:
-            with self._drafts_lock:  # nothing saved: pressing again tries again
-                if self._drafts.get(token) is settled:
-                    self._drafts[token] = draft
+            self._unsettle(token, draft, settled)  # nothing saved: pressing again tries again
             self._refuse(session, worker, exc)
             return
         self._look(session, worker, "worker.appointment", client)
