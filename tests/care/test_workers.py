@@ -61,6 +61,11 @@ def anker(care_ctx: Care, desk: WorkerDesk | None = None) -> World:
     return made
 
 
+def saved_appointments(world: World) -> list[Appointment]:
+    with world.care.sessions() as session:
+        return list(session.scalars(select(Appointment)).all())
+
+
 async def worker_says(world: World, command: str, *args: str, chat: int = WORKER_CHAT) -> str:
     await world.command(command, *args, chat_id=chat)
     return "\n---\n".join(s.text for s in world.to_worker())
@@ -167,16 +172,14 @@ async def test_appointment_is_saved_only_after_confirming(world: World) -> None:
     assert "donderdag 31 december om 14:30" in text and "De Linde" in text
     await world.command("appointment", "roos-1", "30-12-2026", "10:00", chat_id=WORKER_CHAT)
     cancel = world.to_worker()[-1].button("Annuleren")
-    with world.care.sessions() as session:
-        assert session.scalars(select(Appointment)).all() == []
+    assert saved_appointments(world) == []
     await world.press(cancel, chat_id=WORKER_CHAT)
     assert world.to_worker()[-1].text == "Oké, niet opgeslagen."
     await world.press(cancel, chat_id=WORKER_CHAT)
     assert world.to_worker()[-1].text == (
         "Deze afspraak was al geannuleerd. Er is niets opgeslagen."
     )
-    with world.care.sessions() as session:
-        assert session.scalars(select(Appointment)).all() == []
+    assert saved_appointments(world) == []
 
 
 async def test_appointment_confirmation_saves_and_tells_her(world: World) -> None:
@@ -193,11 +196,6 @@ async def test_appointment_confirmation_saves_and_tells_her(world: World) -> Non
     with world.care.sessions() as session:
         saved = session.scalars(select(Appointment)).one()
     assert saved.starts_at == datetime(2026, 12, 31, 13, 30, tzinfo=UTC)
-
-
-def saved_appointments(world: World) -> list[Appointment]:
-    with world.care.sessions() as session:
-        return list(session.scalars(select(Appointment)).all())
 
 
 async def test_pressing_save_twice_saves_one_appointment(world: World) -> None:
