@@ -332,8 +332,8 @@ def bench_care(url: str, clients: int) -> Care:
 
 class TurnTimer:
     """`--inside`: each transaction on the turn threads (the event loop's default executor;
-    the outbox sender's named threads are left out), from its BEGIN until its COMMIT is done: wall
-    time, the thread's CPU, and how long its statements and COMMIT took, in wall time and
+    the outbox sender's named threads are left out), from its BEGIN until its COMMIT is done:
+    wall time, the thread's CPU, and how long its statements and COMMIT took, in wall time and
     in the thread's CPU."""
 
     def __init__(self, care: Care) -> None:
